@@ -44,9 +44,21 @@ $(BUILD)/asan/keel_corpus_check: $(CORE_SRC) $(CORE_HDR) Tests/CKeelCoreTests/co
 	@mkdir -p $(BUILD)/asan
 	$(CC) $(CFLAGS_COMMON) $(SAN) -o $@ Tests/CKeelCoreTests/corpus_check.c $(CORE_SRC) $(LIBS)
 
-test-c: c-tests plugin
+# Broken plugins for the host's ABI version checks.
+FAKES := $(BUILD)/libkeel_fake_major.so $(BUILD)/libkeel_fake_minor.so $(BUILD)/libkeel_fake_null.so $(BUILD)/libkeel_fake_noentry.so
+$(BUILD)/libkeel_fake_%.so: Tests/CKeelCoreTests/fake_plugin.c $(ABI_SRC) $(CORE_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) -fPIC -shared -DFAKE_MODE=$(if $(filter major,$*),1,$(if $(filter minor,$*),2,$(if $(filter null,$*),3,4))) -o $@ $< $(ABI_SRC)
+
+# Zero-allocation proof: malloc interposed and counted (no sanitizers).
+$(BUILD)/keel_alloc_test: $(CORE_SRC) $(CORE_HDR) Tests/CKeelCoreTests/alloc_test.c Tests/CKeelCoreTests/testlib.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) -O2 -o $@ Tests/CKeelCoreTests/alloc_test.c $(CORE_SRC) $(LIBS)
+
+test-c: c-tests plugin $(FAKES) $(BUILD)/keel_alloc_test
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(BUILD)/asan/keel_c_tests $(BUILD)/libkeel_linear_backend.so
+	  $(BUILD)/asan/keel_c_tests $(BUILD)
+	$(BUILD)/keel_alloc_test
 
 test-python: lib plugin c-tests
 	KEEL_LIB=$(BUILD)/libkeelcore.so KEEL_CORPUS_CHECK=$(BUILD)/asan/keel_corpus_check \
@@ -75,9 +87,10 @@ run: setup release
 	.build/release/keel infer --model models/policy/1/model.onnx --input docs/examples/policy-input.csv
 
 bench: setup lib
-	$(PY) benchmarks/bench_core_vs_ort.py
-bench-core: $(BUILD)/bench_core
-	$(BUILD)/bench_core
+	KEEL_LIB=$(BUILD)/libkeelcore.so $(PY) benchmarks/bench_core_vs_ort.py
+bench-core: setup $(BUILD)/bench_core
+	$(PY) benchmarks/bench_core_vs_ort.py --write-model $(BUILD)/bench_policy.onnx
+	$(BUILD)/bench_core $(BUILD)/bench_policy.onnx
 $(BUILD)/bench_core: $(CORE_SRC) $(CORE_HDR) benchmarks/bench_core.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_COMMON) -O3 -o $@ benchmarks/bench_core.c $(CORE_SRC) $(LIBS)
