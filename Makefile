@@ -10,6 +10,7 @@ ABI_SRC  := $(wildcard Sources/CKeelABI/*.c)
 CORE_SRC := $(ABI_SRC) $(wildcard Sources/CKeelCore/*.c Sources/CKeelCore/Generated/*.c)
 CORE_HDR := $(wildcard Sources/CKeelABI/include/*.h Sources/CKeelCore/include/*.h Sources/CKeelCore/*.h Sources/CKeelCore/Generated/*.h)
 PLUGIN_SRC := $(ABI_SRC) $(wildcard Sources/KeelLinearBackend/*.c)
+PLUGIN_HDR := $(wildcard Sources/KeelLinearBackend/include/*.h)
 CTEST_SRC := $(wildcard Tests/CKeelCoreTests/*.c)
 INCLUDES := -ISources/CKeelABI/include -ISources/CKeelCore/include -ISources/CKeelCore/Generated
 CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(INCLUDES)
@@ -31,7 +32,7 @@ $(BUILD)/libkeelcore.so: $(CORE_SRC) $(CORE_HDR)
 
 # The example plugin backend, built outside SwiftPM for the C tests.
 plugin: $(BUILD)/libkeel_linear_backend.so
-$(BUILD)/libkeel_linear_backend.so: $(PLUGIN_SRC) $(CORE_HDR)
+$(BUILD)/libkeel_linear_backend.so: $(PLUGIN_SRC) $(PLUGIN_HDR) $(CORE_HDR)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_COMMON) -O2 -fPIC -shared -o $@ $(PLUGIN_SRC) -lm
 

@@ -43,6 +43,17 @@ static keel_status onnx_metadata_entry(const void *mp, size_t i, const char **ke
     return KEEL_OK;
 }
 
+static size_t onnx_property_count(const void *m) { return ((const keel_onnx_model *)m)->n_props; }
+
+static keel_status onnx_property_entry(const void *mp, size_t i, const char **key, const char **value, keel_error *err) {
+    const keel_onnx_model *m = mp;
+    if (key == NULL || value == NULL) return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "key and value must not be NULL");
+    if (i >= m->n_props) return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "property index %zu out of range (%zu entries)", i, m->n_props);
+    *key = m->props[i].key;
+    *value = m->props[i].value;
+    return KEEL_OK;
+}
+
 static size_t onnx_node_count(const void *m) { return ((const keel_onnx_model *)m)->n_nodes; }
 
 static keel_status onnx_node_info(const void *mp, size_t i, const char **name, const char **op_type, keel_error *err) {
@@ -94,6 +105,8 @@ static const keel_backend_api ONNX_API = {
     .instance_create = onnx_instance_create,
     .instance_free = onnx_instance_free,
     .instance_run = onnx_instance_run,
+    .model_property_count = onnx_property_count,
+    .model_property_entry = onnx_property_entry,
 };
 
 const keel_backend_api *keel_onnx_backend_api(void) { return &ONNX_API; }

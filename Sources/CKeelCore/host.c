@@ -98,7 +98,7 @@ const keel_backend *keel_backend_builtin(void) {
 }
 
 /* Size of the table up to and including the last ABI 1.0 entry. */
-#define ABI_1_0_SIZE (offsetof(keel_backend_api, instance_run) + sizeof(void *))
+#define ABI_1_0_SIZE (offsetof(keel_backend_api, model_property_entry) + sizeof(void *))
 
 keel_status keel_backend_open(const char *path, keel_backend **out, keel_error *err) {
     if (out == NULL) return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "out must not be NULL");
@@ -144,7 +144,8 @@ keel_status keel_backend_open(const char *path, keel_backend **out, keel_error *
                api->model_metadata_entry == NULL || api->model_node_count == NULL ||
                api->model_node_info == NULL || api->model_parameter_count == NULL ||
                api->instance_create == NULL || api->instance_free == NULL ||
-               api->instance_run == NULL) {
+               api->instance_run == NULL || api->model_property_count == NULL ||
+               api->model_property_entry == NULL) {
         st = keel_error_set(err, KEEL_ERR_PLUGIN,
                             "plugin '%s' leaves a required ABI 1.0 entry (or its name/version) NULL", path);
     }
@@ -322,6 +323,28 @@ const char *keel_model_metadata_lookup(const keel_model *m, const char *key) {
     for (size_t i = 0; i < n; i++) {
         const char *k = NULL, *v = NULL;
         if (m->backend->api->model_metadata_entry(m->impl, i, &k, &v, NULL) == KEEL_OK && k && strcmp(k, key) == 0)
+            return v;
+    }
+    return NULL;
+}
+
+size_t keel_model_property_count(const keel_model *m) {
+    return m ? m->backend->api->model_property_count(m->impl) : 0;
+}
+
+keel_status keel_model_property_entry(const keel_model *m, size_t i, const char **key, const char **value,
+                                      keel_error *err) {
+    if (m == NULL || key == NULL || value == NULL)
+        return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "model, key and value must not be NULL");
+    return m->backend->api->model_property_entry(m->impl, i, key, value, err);
+}
+
+const char *keel_model_property_lookup(const keel_model *m, const char *key) {
+    if (m == NULL || key == NULL) return NULL;
+    size_t n = keel_model_property_count(m);
+    for (size_t i = 0; i < n; i++) {
+        const char *k = NULL, *v = NULL;
+        if (m->backend->api->model_property_entry(m->impl, i, &k, &v, NULL) == KEEL_OK && k && strcmp(k, key) == 0)
             return v;
     }
     return NULL;

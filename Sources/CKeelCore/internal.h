@@ -90,6 +90,8 @@ typedef struct keel_onnx_model {
     size_t n_dim_param_storage;
     kv_meta *meta;
     size_t n_meta;
+    kv_meta props[5];       /* producer, producer_version, ir_version, opset, graph */
+    size_t n_props;
     int64_t opset;
     int64_t ir_version;
     char *producer;

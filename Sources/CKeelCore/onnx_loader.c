@@ -635,6 +635,10 @@ void keel_onnx_model_free(keel_onnx_model *m) {
         free(m->meta[i].value);
     }
     free(m->meta);
+    for (size_t i = 0; i < m->n_props; i++) {
+        free(m->props[i].key);
+        free(m->props[i].value);
+    }
     free(m->producer);
     free(m->graph_name);
     free(m);
@@ -701,6 +705,19 @@ keel_status keel_onnx_model_load(const void *bytes, size_t len, const char *sour
     m->producer = keel_strdup(mp->producer_name);
     m->graph_name = keel_strdup(mp->graph->name);
     if (!m->producer || !m->graph_name) { st = OOM(); goto fail; }
+    {
+        char num[2][32];
+        snprintf(num[0], sizeof num[0], "%lld", (long long)m->ir_version);
+        snprintf(num[1], sizeof num[1], "%lld", (long long)m->opset);
+        const char *keys[5] = {"producer", "producer_version", "ir_version", "opset", "graph"};
+        const char *vals[5] = {mp->producer_name, mp->producer_version, num[0], num[1], mp->graph->name};
+        for (int i = 0; i < 5; i++) {
+            m->props[i].key = keel_strdup(keys[i]);
+            m->props[i].value = keel_strdup(vals[i]);
+            m->n_props = (size_t)i + 1;
+            if (!m->props[i].key || !m->props[i].value) { st = OOM(); goto fail; }
+        }
+    }
 
     /* Metadata. */
     if (mp->n_metadata_props) {

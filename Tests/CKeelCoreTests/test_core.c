@@ -122,6 +122,10 @@ TEST(test_mlp_dynamic_batch) {
         const char *kind = keel_model_metadata_lookup(m, "keel.kind");
         CHECK(kind && strcmp(kind, "policy") == 0, "keel.kind");
         CHECK(keel_model_metadata_lookup(m, "absent") == NULL, "absent metadata");
+        const char *producer = keel_model_property_lookup(m, "producer");
+        const char *opset = keel_model_property_lookup(m, "opset");
+        CHECK(producer && strcmp(producer, "keel-tests") == 0, "producer property %s", producer ? producer : "(null)");
+        CHECK(opset && strcmp(opset, "17") == 0, "opset property");
         uint8_t dg[32];
         char hex[65];
         keel_sha256(buf, len, dg);
@@ -544,6 +548,8 @@ TEST(test_plugin_linear_backend) {
         CHECK(keel_model_backend(m) == be, "backend of model");
         const char *kind = keel_model_metadata_lookup(m, "keel.kind");
         CHECK(kind && strcmp(kind, "policy") == 0, "plugin metadata");
+        const char *fmt = keel_model_property_lookup(m, "format");
+        CHECK(fmt && strcmp(fmt, "keel-linear 1") == 0, "plugin property");
         keel_session *s;
         st = keel_session_create(m, &s, &err);
         CHECK_STATUS(st, KEEL_OK, err);

@@ -157,6 +157,15 @@ struct keel_backend_api {
     keel_status (*instance_run)(void *instance, const keel_tensor *inputs, size_t n_inputs,
                                 keel_tensor *outputs, size_t n_outputs, keel_error *err);
 
+    /* Descriptive properties of the model as a whole, defined by the backend
+     * (the ONNX backend: producer, producer_version, ir_version, opset, graph;
+     * other backends their own, e.g. format). For inspection only: nothing may
+     * depend on a property to run. key and value non-NULL; strings owned by the
+     * model. Thread-safe. */
+    size_t (*model_property_count)(const void *model);
+    keel_status (*model_property_entry)(const void *model, size_t i, const char **key,
+                                        const char **value, keel_error *err);
+
     /* Append new entries for ABI 1.1 and later below this line, never above. */
 };
 

@@ -111,6 +111,14 @@ keel_status keel_model_metadata_entry(const keel_model *model, size_t index, con
 /* Value for key, or NULL when absent (or model/key NULL). */
 const char *keel_model_metadata_lookup(const keel_model *model, const char *key);
 
+/* Backend-defined descriptive properties (ONNX: producer, producer_version,
+ * ir_version, opset, graph), for inspection. */
+size_t keel_model_property_count(const keel_model *model);
+keel_status keel_model_property_entry(const keel_model *model, size_t index, const char **key,
+                                      const char **value, keel_error *err);
+/* Value for key, or NULL when absent (or model/key NULL). */
+const char *keel_model_property_lookup(const keel_model *model, const char *key);
+
 /* Structure, for inspection. */
 size_t keel_model_node_count(const keel_model *model);
 keel_status keel_model_node_info(const keel_model *model, size_t index, const char **name,
