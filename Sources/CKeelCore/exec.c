@@ -565,6 +565,16 @@ static keel_status plan(keel_onnx_session *s, const keel_tensor *inputs, keel_er
         }
     }
     free(last); free(blocks); free(live);
+    for (size_t o = 0; o < m->n_outputs; o++) {
+        int v = m->outputs[o];
+        int root = s->alias[v] >= 0 ? s->alias[v] : v;
+        s->out_copy[o] = SIZE_MAX;
+        if (m->values[root].kind == KV_INPUT) {
+            size_t size = ALIGN64(s->shapes[v].count * sizeof(float));
+            s->out_copy[o] = need;
+            need += size ? size : 64;
+        }
+    }
 
     uint64_t limit = s->memory_limit ? s->memory_limit : KEEL_DEFAULT_MAX_SESSION_BYTES;
     if ((uint64_t)need > limit)
@@ -599,7 +609,8 @@ keel_status keel_onnx_session_create(const keel_onnx_model *m, keel_onnx_session
     s->alias = calloc(nv, sizeof *s->alias);
     s->rt = calloc(m->n_nodes ? m->n_nodes : 1, sizeof *s->rt);
     s->planned_inputs = calloc(m->n_inputs ? m->n_inputs : 1, sizeof *s->planned_inputs);
-    if (!s->shapes || !s->ptr || !s->offset || !s->alias || !s->rt || !s->planned_inputs) {
+    s->out_copy = calloc(m->n_outputs ? m->n_outputs : 1, sizeof *s->out_copy);
+    if (!s->shapes || !s->ptr || !s->offset || !s->alias || !s->rt || !s->planned_inputs || !s->out_copy) {
         keel_onnx_session_free(s);
         return keel_error_set(err, KEEL_ERR_OUT_OF_MEMORY, "out of memory");
     }
@@ -615,6 +626,7 @@ void keel_onnx_session_free(keel_onnx_session *s) {
     free(s->alias);
     free(s->rt);
     free(s->planned_inputs);
+    free(s->out_copy);
     keel_aligned_free(s->arena);
     free(s);
 }
@@ -836,7 +848,7 @@ static void run_node(keel_onnx_session *s, int ni) {
         k_gemm(n, r, x, P[n->in[1]], n->n_in > 2 && n->in[2] >= 0 ? P[n->in[2]] : NULL, y);
         break;
     case OP_RELU:
-        for (size_t i = 0; i < cnt; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        for (size_t i = 0; i < cnt; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN stays NaN */
         break;
     case OP_LEAKYRELU: {
         float al = n->a.alpha;
@@ -869,7 +881,8 @@ static void run_node(keel_onnx_session *s, int ni) {
         }
         for (size_t i = 0; i < cnt; i++) {
             float v = x[i];
-            y[i] = v < lo ? lo : (v > hi ? hi : v);
+            float t = v < lo ? lo : v; /* max first, then min: min > max gives max, as ONNX says */
+            y[i] = t > hi ? hi : t;
         }
         break;
     }
@@ -955,7 +968,13 @@ keel_status keel_onnx_session_run(keel_onnx_session *s, const keel_tensor *input
     for (size_t o = 0; o < n_outputs; o++) {
         int v = m->outputs[o];
         const kr_shape *sh = &s->shapes[v];
-        outputs[o].data = s->ptr[v];
+        if (s->out_copy[o] != SIZE_MAX) {
+            float *copy = (float *)(s->arena + s->out_copy[o]);
+            if (sh->count) memcpy(copy, s->ptr[v], sh->count * sizeof(float));
+            outputs[o].data = copy;
+        } else {
+            outputs[o].data = s->ptr[v];
+        }
         outputs[o].rank = sh->rank;
         memset(outputs[o].shape, 0, sizeof outputs[o].shape);
         memcpy(outputs[o].shape, sh->d, sh->rank * sizeof(int64_t));

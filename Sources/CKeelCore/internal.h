@@ -149,6 +149,10 @@ typedef struct keel_onnx_session {
     size_t arena_need;
     bool planned;
     kr_shape *planned_inputs;   /* input shapes of the current plan */
+    size_t *out_copy;           /* per model output: arena offset of a copy, or SIZE_MAX.
+                                   Outputs whose storage would be a caller's input buffer
+                                   (Identity/Reshape/Flatten of an input, or the input
+                                   itself) are copied so every output lives in the session. */
     uint64_t memory_limit;
 } keel_onnx_session;
 

@@ -929,6 +929,10 @@ static keel_status check_graph(load_ctx *cp, const Onnx__GraphProto *g, name_map
                                       "%s: %s input %u '%s' is %s; Keel computes in float32 only", src(&c), label, k,
                                       iname, dtype_name(v->dtype));
         }
+        if (n->n_in > 1 && ((n->op == OP_REDUCESUM && c.opset < 13) || (n->op == OP_REDUCEMEAN && c.opset < 18)))
+            return keel_error_set(err, KEEL_ERR_INVALID_MODEL,
+                                  "%s: %s takes axes as an attribute before opset %d (model has opset %lld)", src(&c),
+                                  label, n->op == OP_REDUCESUM ? 13 : 18, (long long)c.opset);
         if (n->op == OP_CLIP && c.opset < 11 && n->n_in > 1)
             return keel_error_set(err, KEEL_ERR_INVALID_MODEL, "%s: %s takes min/max as attributes before opset 11",
                                   src(&c), label);
