@@ -477,6 +477,7 @@ keel_status keel_onnx_shape_check(const keel_onnx_model *m, const kr_shape *inpu
 
 static bool is_alias_op(const kn_node *n, const kr_node *r) {
     return n->op == OP_RESHAPE || n->op == OP_FLATTEN || n->op == OP_IDENTITY ||
+           (n->op == OP_RELU && n->a.relu_fused_away) ||
            ((n->op == OP_REDUCESUM || n->op == OP_REDUCEMEAN) && r->reduce_copy);
 }
 
@@ -668,6 +669,8 @@ static void k_binary(keel_op op, const kr_node *r, const kr_shape *os, const flo
 #undef BIN_LOOP
 }
 
+/* y = alpha * op(a) * op(b) + beta * y, row-major. Single-column and single-row
+ * products go through cblas_sgemv, which skips sgemm's packing overhead. */
 static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float *a, const float *b,
                   float beta, float *y) {
     if (m == 0 || n == 0) return;
@@ -675,10 +678,21 @@ static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
         for (size_t i = 0; i < m * n; i++) y[i] = beta == 0.0f ? 0.0f : beta * y[i];
         return;
     }
+    if (n == 1) {
+        /* y[m] = op(a)[m,k] . b[k]; a is stored [m,k] (or [k,m] when transposed) */
+        cblas_sgemv(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, (blasint)(ta ? k : m), (blasint)(ta ? m : k),
+                    alpha, a, (blasint)(ta ? m : k), b, 1, beta, y, 1);
+        return;
+    }
+    if (m == 1) {
+        /* y[n] = a[k] . op(b)[k,n] = op(b)^T a; b is stored [k,n] (or [n,k] when transposed) */
+        cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, (blasint)(tb ? n : k), (blasint)(tb ? k : n),
+                    alpha, b, (blasint)(tb ? k : n), a, 1, beta, y, 1);
+        return;
+    }
     size_t lda = ta ? m : k, ldb = tb ? k : n;
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (blasint)m,
-                (blasint)n, (blasint)k, alpha, a, (blasint)(lda ? lda : 1), b, (blasint)(ldb ? ldb : 1), beta, y,
-                (blasint)n);
+                (blasint)n, (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb, beta, y, (blasint)n);
 }
 
 static void k_matmul(const kr_node *r, const float *a, const float *b, float *y) {
@@ -704,10 +718,25 @@ static void k_matmul(const kr_node *r, const float *a, const float *b, float *y)
 
 static void k_gemm(const kn_node *n, const kr_node *r, const float *a, const float *b, const float *cc, float *y) {
     size_t m = r->m, nn = r->n;
+    bool relu = n->a.fused_relu;
+    int ck = (r->gemm_c_kind != 0 && n->a.beta != 0.0f) ? r->gemm_c_kind : 0;
+    if (ck == 2 && n->a.beta == 1.0f) {
+        /* The common layer: bias row + optional ReLU in one pass after the product. */
+        sgemm(n->a.trans_a, n->a.trans_b, m, nn, r->k, n->a.alpha, a, b, 0.0f, y);
+        for (size_t i = 0; i < m; i++) {
+            float *row = y + i * nn;
+            if (relu) {
+                for (size_t j = 0; j < nn; j++) { float v = row[j] + cc[j]; row[j] = v < 0.0f ? 0.0f : v; }
+            } else {
+                for (size_t j = 0; j < nn; j++) row[j] += cc[j];
+            }
+        }
+        return;
+    }
     float beta = 0.0f;
-    if (r->gemm_c_kind != 0 && n->a.beta != 0.0f) {
+    if (ck != 0) {
         beta = n->a.beta;
-        switch (r->gemm_c_kind) {
+        switch (ck) {
         case 1: for (size_t i = 0; i < m * nn; i++) y[i] = cc[0]; break;
         case 2: for (size_t i = 0; i < m; i++) memcpy(y + i * nn, cc, nn * sizeof(float)); break;
         case 3: for (size_t i = 0; i < m; i++) for (size_t j = 0; j < nn; j++) y[i * nn + j] = cc[i]; break;
@@ -715,6 +744,8 @@ static void k_gemm(const kn_node *n, const kr_node *r, const float *a, const flo
         }
     }
     sgemm(n->a.trans_a, n->a.trans_b, m, nn, r->k, n->a.alpha, a, b, beta, y);
+    if (relu)
+        for (size_t i = 0; i < m * nn; i++) y[i] = y[i] < 0.0f ? 0.0f : y[i];
 }
 
 static void k_softmax(bool log_out, const kr_node *r, const float *x, float *y) {
@@ -848,7 +879,8 @@ static void run_node(keel_onnx_session *s, int ni) {
         k_gemm(n, r, x, P[n->in[1]], n->n_in > 2 && n->in[2] >= 0 ? P[n->in[2]] : NULL, y);
         break;
     case OP_RELU:
-        for (size_t i = 0; i < cnt; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN stays NaN */
+        if (n->a.relu_fused_away) P[o0] = x;
+        else for (size_t i = 0; i < cnt; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN stays NaN */
         break;
     case OP_LEAKYRELU: {
         float al = n->a.alpha;

@@ -59,6 +59,8 @@ typedef struct kn_attrs {
     int64_t perm[KEEL_MAX_RANK];
     int allowzero;          /* Reshape */
     int legacy_softmax;     /* Softmax/LogSoftmax with opset < 13: coerce to 2-D */
+    int fused_relu;         /* Gemm: a following Relu is applied in this node's epilogue */
+    int relu_fused_away;    /* Relu: its producer applies it; this node only aliases */
 } kn_attrs;
 
 typedef struct kn_node {

@@ -1004,6 +1004,33 @@ static keel_status check_graph(load_ctx *cp, const Onnx__GraphProto *g, name_map
         free(indeg); free(order); free(cstart); free(clist); free(remap);
     }
 
+    /* Fuse Relu into a Gemm that feeds only it: the Gemm's epilogue applies it
+     * and the Relu node becomes an alias of the Gemm's output. */
+    {
+        int *uses = calloc(m->n_values ? m->n_values : 1, sizeof(int));
+        if (!uses) return OOM();
+        for (size_t i = 0; i < m->n_nodes; i++)
+            for (uint32_t k = 0; k < m->nodes[i].n_in; k++)
+                if (m->nodes[i].in[k] >= 0) uses[m->nodes[i].in[k]]++;
+        for (size_t o = 0; o < g->n_output; o++) {
+            const char *name = g->output[o]->name ? g->output[o]->name : "";
+            int idx = name[0] ? map_find(map, name) : -1;
+            if (idx >= 0) uses[idx] += 1000; /* a graph output must keep its pre-Relu value */
+        }
+        for (size_t i = 0; i < m->n_nodes; i++) {
+            kn_node *relu = &m->nodes[i];
+            if (relu->op != OP_RELU || relu->in[0] < 0) continue;
+            int v = relu->in[0];
+            int p = m->values[v].producer;
+            if (m->values[v].kind != KV_NODE || p < 0 || uses[v] != 1) continue;
+            kn_node *gemm = &m->nodes[p];
+            if (gemm->op != OP_GEMM || gemm->a.fused_relu) continue;
+            gemm->a.fused_relu = 1;
+            relu->a.relu_fused_away = 1;
+        }
+        free(uses);
+    }
+
     /* Execution list: every node but Constant. */
     m->exec = calloc(m->n_nodes ? m->n_nodes : 1, sizeof(int));
     if (!m->exec) return OOM();

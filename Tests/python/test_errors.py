@@ -369,7 +369,9 @@ def test_run_error_then_session_still_works(case):
             np.testing.assert_array_equal(b, w)
         small = [g[:1].copy() for g in good_inputs]
         (y1,) = s.run(small)
-        np.testing.assert_array_equal(y1, want[0][:1])
+        # A different batch size may take a different BLAS path (sgemv for one row):
+        # equal to rounding, not bit for bit.
+        np.testing.assert_allclose(y1, want[0][:1], rtol=1e-5, atol=1e-6)
 
 
 def test_null_data_pointer_rejected():
