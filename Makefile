@@ -61,20 +61,24 @@ test-c: c-tests plugin $(FAKES) $(BUILD)/keel_alloc_test
 	  $(BUILD)/asan/keel_c_tests $(BUILD)
 	$(BUILD)/keel_alloc_test
 
+# KEEL_BIN: the keel binary the server end-to-end tests start (built by test-swift;
+# those tests skip, saying so, when it is missing).
+KEEL_BIN ?= $(CURDIR)/.build/debug/keel
 test-python: lib plugin c-tests
-	KEEL_LIB=$(BUILD)/libkeelcore.so KEEL_CORPUS_CHECK=$(BUILD)/asan/keel_corpus_check \
+	KEEL_LIB=$(BUILD)/libkeelcore.so KEEL_CORPUS_CHECK=$(BUILD)/asan/keel_corpus_check KEEL_BIN=$(KEEL_BIN) \
 	  $(PY) -m pytest -q Tests/python
 
+# One build with tests (it also builds the keel executable the CLI tests run).
 test-swift:
 	swift build $(SWIFT_FLAGS) --product KeelLinearBackend
-	swift build $(SWIFT_FLAGS)
-	swift test $(SWIFT_FLAGS)
+	swift build --build-tests $(SWIFT_FLAGS)
+	swift test --skip-build $(SWIFT_FLAGS)
 
 # The README's test command: everything, from a fresh machine.
 test: setup
 	$(MAKE) test-c
-	$(MAKE) test-python
 	$(MAKE) test-swift
+	$(MAKE) test-python
 
 build:
 	swift build $(SWIFT_FLAGS)
@@ -82,10 +86,11 @@ build:
 release:
 	swift build -c release $(SWIFT_FLAGS)
 
-# The README's main command: set up, build in release, run the main job.
+# The README's main command: set up, build in release, run the server with the
+# shipped models (gRPC :50051, framed TCP :50052, metrics :9090). Ctrl-C stops it.
 run: setup release
-	.build/release/keel model inspect models/policy/1/model.onnx
-	.build/release/keel infer --model models/policy/1/model.onnx --input docs/examples/policy-input.csv
+	.build/release/keel model check models/policy/1/model.onnx
+	.build/release/keel serve --models models
 
 bench: setup lib
 	KEEL_LIB=$(BUILD)/libkeelcore.so $(PY) benchmarks/bench_core_vs_ort.py

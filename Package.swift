@@ -3,7 +3,10 @@
 //
 // Layers point one way (docs/ARCHITECTURE.md):
 //   CKeelABI (C plugin ABI) <- CKeelCore (C11 inference core on OpenBLAS + protobuf-c)
-//   <- KeelInference (the only Swift module that imports C) <- KeelCLI (`keel`).
+//   <- KeelInference (the only Swift module that imports C)
+//   <- KeelServing (model repository, handlers; no NIO/gRPC; messages from KeelAPI)
+//   <- KeelFramedTransport (SwiftNIO), KeelServer (gRPC + composition), KeelClient
+//   <- KeelCLI (`keel`).
 import PackageDescription
 
 let package = Package(
@@ -18,6 +21,16 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         .target(
@@ -48,11 +61,87 @@ let package = Package(
             name: "KeelInference",
             dependencies: ["CKeelCore"]
         ),
+        // Generated protobuf messages of the Keel API (scripts/gen-proto-swift.sh).
+        .target(
+            name: "KeelAPI",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
+        // Generated gRPC service stubs; only transports and clients import them.
+        .target(
+            name: "KeelGRPC",
+            dependencies: [
+                "KeelAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ]
+        ),
+        // Transport-independent serving: model repository with hot swap, request
+        // handlers, admission control and deadlines. No NIO, no gRPC.
+        .target(
+            name: "KeelServing",
+            dependencies: [
+                "KeelInference",
+                "KeelAPI",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        // The framed TCP protocol (docs/PROTOCOL.md) on SwiftNIO: server and client.
+        .target(
+            name: "KeelFramedTransport",
+            dependencies: [
+                "KeelServing",
+                "KeelAPI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The server: gRPC transport (grpc-swift-2 on NIO), the framed transport,
+        // metrics over HTTP, model polling, graceful shutdown.
+        .target(
+            name: "KeelServer",
+            dependencies: [
+                "KeelServing",
+                "KeelGRPC",
+                "KeelFramedTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        // Clients for both transports and the load generator behind `keel bench`.
+        .target(
+            name: "KeelClient",
+            dependencies: [
+                "KeelAPI",
+                "KeelGRPC",
+                "KeelServing",
+                "KeelFramedTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         .executableTarget(
             name: "KeelCLI",
             dependencies: [
                 "KeelInference",
+                "KeelServing",
+                "KeelServer",
+                "KeelClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
@@ -62,6 +151,26 @@ let package = Package(
         .testTarget(
             name: "KeelCLITests",
             dependencies: ["KeelInference"]
+        ),
+        .testTarget(
+            name: "KeelServingTests",
+            dependencies: [
+                "KeelServing", "KeelAPI", "KeelInference",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        .testTarget(
+            name: "KeelFramedTransportTests",
+            dependencies: ["KeelFramedTransport", "KeelServing", "KeelAPI"]
+        ),
+        .testTarget(
+            name: "KeelServerTests",
+            dependencies: ["KeelServer", "KeelServing", "KeelClient", "KeelAPI"]
+        ),
+        .testTarget(
+            name: "KeelClientTests",
+            dependencies: ["KeelClient", "KeelServing", "KeelAPI"]
         ),
     ],
     swiftLanguageModes: [.v6]

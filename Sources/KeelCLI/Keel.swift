@@ -10,10 +10,10 @@ import Darwin
 #endif
 
 @main
-struct Keel: ParsableCommand {
+struct Keel: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keel",
-        abstract: "Inspect, check and run Keel portfolio-rebalancing models.",
+        abstract: "Serve, inspect, check and run Keel portfolio-rebalancing models.",
         discussion: """
             Keel runs ONNX models on its own C11 inference core (OpenBLAS), or \
             models of other families through plugin backends loaded with --backend.
@@ -22,13 +22,16 @@ struct Keel: ParsableCommand {
             (the reason goes to standard error), 64 for command-line usage errors.
 
             Examples:
+              keel serve --models ./models
+              keel call ListModels --target tcp://127.0.0.1:50052
+              keel bench --target tcp://127.0.0.1:50052 --assets 100 --rate 5000 --duration 10s
               keel model inspect model.onnx --format json
               keel model check model.onnx
               keel infer --model model.onnx --input assets.csv
               keel infer --model scorer.lin --input assets.csv --backend plugin.so
             """,
         version: "keel \(KeelCore.version)",
-        subcommands: [ModelCommand.self, Infer.self]
+        subcommands: [ModelCommand.self, Infer.self, ServeCommand.self, CallCommand.self, BenchCommand.self]
     )
 }
 

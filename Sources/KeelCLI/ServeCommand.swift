@@ -1,0 +1,115 @@
+import ArgumentParser
+import Foundation
+import KeelServer
+import Logging
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the Keel server: gRPC, the framed TCP protocol and Prometheus metrics.",
+        discussion: """
+            Loads the latest version of every model under --models \
+            (models/<name>/<version>/model.onnx), serves the keel.v1 API on both \
+            transports, and watches the repository: a new version directory or a \
+            replaced file is validated (decode, ops, features, a test inference) \
+            and swapped in atomically; a bad file leaves the running model serving.
+
+            Settings come from, lowest to highest precedence: defaults, a JSON \
+            config file (--config), KEEL_* environment variables, flags. \
+            Environment variables: \(ServerConfig.settings.map(\.env).joined(separator: ", ")).
+
+            SIGTERM or SIGINT: stop accepting, finish requests in flight, exit 0.
+            """
+    )
+
+    @Option(help: "JSON config file of settings (keys: \(ServerConfig.settings.map(\.key).joined(separator: ", "))).")
+    var config: String?
+
+    @Option(help: "Address to listen on (default 127.0.0.1).")
+    var host: String?
+
+    @Option(name: .customLong("grpc-port"), help: "gRPC port (default 50051; 0 = any free port).")
+    var grpcPort: Int?
+
+    @Option(name: .customLong("tcp-port"), help: "Framed TCP port (default 50052; 0 = any free port).")
+    var tcpPort: Int?
+
+    @Option(name: .customLong("metrics-port"), help: "Prometheus /metrics port (default 9090; 0 = any free port).")
+    var metricsPort: Int?
+
+    @Option(help: "Model repository directory (default ./models).")
+    var models: String?
+
+    @Option(name: .customLong("max-message-bytes"), help: "Largest request payload in bytes (default 4 MiB).")
+    var maxMessageBytes: Int?
+
+    @Option(name: .customLong("default-deadline-ms"), help: "Deadline of requests that carry none (default 1000).")
+    var defaultDeadlineMs: Int?
+
+    @Option(name: .customLong("max-concurrent-requests"), help: "Requests executing at once (default 4).")
+    var maxConcurrentRequests: Int?
+
+    @Option(name: .customLong("max-queued-requests"), help: "Requests waiting before RESOURCE_EXHAUSTED (default 1024).")
+    var maxQueuedRequests: Int?
+
+    @Option(name: .customLong("model-poll-interval-ms"), help: "How often to look for new model files (default 1000).")
+    var modelPollIntervalMs: Int?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
+    var logLevel: String = "info"
+
+    @Flag(name: .customLong("json-logs"), help: "Log one JSON object per line instead of text.")
+    var jsonLogs = false
+
+    func resolvedConfig(environment: [String: String]) throws(ConfigError) -> ServerConfig {
+        var c = ServerConfig()
+        if let path = config {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ConfigError("cannot read config file '\(path)'")
+            }
+            try c.apply(json: data, source: path)
+        }
+        try c.apply(environment: environment)
+        let flags: [(String, String?)] = [
+            ("host", host), ("grpcPort", grpcPort.map(String.init)), ("tcpPort", tcpPort.map(String.init)),
+            ("metricsPort", metricsPort.map(String.init)), ("models", models),
+            ("maxMessageBytes", maxMessageBytes.map(String.init)),
+            ("defaultDeadlineMs", defaultDeadlineMs.map(String.init)),
+            ("maxConcurrentRequests", maxConcurrentRequests.map(String.init)),
+            ("maxQueuedRequests", maxQueuedRequests.map(String.init)),
+            ("modelPollIntervalMs", modelPollIntervalMs.map(String.init)),
+        ]
+        for (key, value) in flags {
+            if let value { try c.set(key, value, source: "--\(Self.flagName(key))") }
+        }
+        try c.validate()
+        return c
+    }
+
+    static func flagName(_ key: String) -> String {
+        var out = ""
+        for ch in key {
+            if ch.isUppercase { out += "-" + ch.lowercased() } else { out.append(ch) }
+        }
+        return out
+    }
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        let cfg: ServerConfig
+        do {
+            cfg = try resolvedConfig(environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw fail(error.description)
+        }
+        KeelLogging.bootstrap(level: level, json: jsonLogs)
+        let logger = Logger(label: "keel.server")
+        do {
+            try await KeelServerRunner(config: cfg, logger: logger).runUntilSignalled()
+        } catch {
+            throw fail("server stopped: \(error)")
+        }
+    }
+}

@@ -1,0 +1,198 @@
+import KeelAPI
+import KeelServing
+import SwiftProtobuf
+
+/// Deterministic, realistic requests for `keel bench` and tests.
+///
+/// The same seed, asset count and feature count always give the same bytes.
+public enum BenchRequests {
+    /// The shipped policy model's feature count, used when the server does not say.
+    public static let defaultFeatureCount = 12
+
+    /// A serialized request of `method` sized by `assets`: a full Rebalance
+    /// request, a PriceUpdateBatch of `assets` updates for PublishMarketData,
+    /// a HealthCheckRequest for Check, and the method's empty request otherwise.
+    public static func serialized(
+        _ method: RPCMethod, assets: Int, featureCount: Int = defaultFeatureCount, seed: UInt64 = 42
+    ) throws(RPCStatus) -> [UInt8] {
+        do {
+            switch method {
+            case .rebalance:
+                return try rebalance(assets: assets, featureCount: featureCount, seed: seed).serializedBytes()
+            case .publishMarketData:
+                return try priceUpdates(assets: assets, seed: seed).serializedBytes()
+            case .healthCheck:
+                return try Grpc_Health_V1_HealthCheckRequest().serializedBytes()
+            case .listModels:
+                return try Keel_V1_ListModelsRequest().serializedBytes()
+            default:
+                return []
+            }
+        } catch let status as RPCStatus {
+            throw status
+        } catch {
+            throw RPCStatus(.internal, "cannot serialize the \(method.name) request: \(error)")
+        }
+    }
+
+    static let sectors = [
+        "Information Technology", "Health Care", "Financials", "Consumer Discretionary", "Communication Services",
+        "Industrials", "Consumer Staples", "Energy", "Utilities", "Real Estate", "Materials",
+    ]
+
+    static func instrumentID(_ i: Int) -> String {
+        var digits = String(i + 1)
+        while digits.count < 5 { digits = "0" + digits }
+        return "KEEL" + digits
+    }
+
+    /// A Rebalance request for `assets` instruments (at least 1): prices,
+    /// sectors, asset classes, ESG scores (about one in ten unrated), lot sizes,
+    /// spreads and volumes; a portfolio holding about 60 % of them in tax
+    /// lots; a MiFID II risk profile; a mandate with strategic weights, caps
+    /// and costs; and `assets × featureCount` policy features, row-major.
+    public static func rebalance(assets: Int, featureCount: Int = defaultFeatureCount, seed: UInt64 = 42)
+        -> Keel_V1_RebalanceRequest
+    {
+        let n = max(1, assets)
+        let f = max(1, featureCount)
+        var rng = SplitMix64(seed: seed)
+        var request = Keel_V1_RebalanceRequest()
+        request.requestID = "bench-\(seed)-\(n)"
+        request.model = "policy"
+        request.asOfUnixNanos = 1_795_000_000_000_000_000
+
+        var instruments: [Keel_V1_Instrument] = []
+        instruments.reserveCapacity(n)
+        var holdings: [Keel_V1_Holding] = []
+        var strategic: [String: Double] = [:]
+        var rawWeights: [Double] = []
+        var marketValue = 0.0
+        for i in 0..<n {
+            var inst = Keel_V1_Instrument()
+            inst.id = instrumentID(i)
+            let classRoll = rng.unit()
+            let assetClass: Keel_V1_AssetClass =
+                classRoll < 0.60 ? .equity : classRoll < 0.85 ? .fixedIncome : classRoll < 0.90 ? .realEstate
+                : classRoll < 0.94 ? .commodity : classRoll < 0.97 ? .alternative : .cashEquivalent
+            inst.assetClass = assetClass
+            inst.sector = sectors[Int(rng.next() % UInt64(sectors.count))]
+            inst.price = (10 + rng.unit() * 490).roundedTo(cents: true)
+            if rng.unit() >= 0.1 { inst.esgScore = (rng.unit() * 100).roundedTo(cents: true) }
+            inst.lotSize = assetClass == .fixedIncome ? 10 : 1
+            inst.requiredKnowledge =
+                assetClass == .alternative || assetClass == .commodity ? .advanced
+                : assetClass == .equity ? .basic : .informed
+            inst.halfSpreadBps = 1 + (rng.unit() * 19).roundedTo(cents: true)
+            inst.averageDailyVolume = (1e5 + rng.unit() * 1e7).rounded()
+            if i % 7 == 0, n > 1 { inst.replacementForTax = instrumentID((i + 1) % n) }
+            instruments.append(inst)
+
+            rawWeights.append(0.5 + rng.unit())
+            if rng.unit() < 0.6 {
+                var holding = Keel_V1_Holding()
+                holding.instrumentID = inst.id
+                let lots = 1 + Int(rng.next() % 3)
+                var total = 0.0
+                for l in 0..<lots {
+                    var lot = Keel_V1_TaxLot()
+                    lot.lotID = "\(inst.id)-L\(l + 1)"
+                    lot.quantity = Double(1 + rng.next() % 200) * inst.lotSize
+                    let year = 2019 + Int(rng.next() % 7)
+                    let month = 1 + Int(rng.next() % 12)
+                    let day = 1 + Int(rng.next() % 28)
+                    lot.acquiredOn = "\(year)-\(month < 10 ? "0" : "")\(month)-\(day < 10 ? "0" : "")\(day)"
+                    lot.costPerShare = (inst.price * (0.7 + rng.unit() * 0.6)).roundedTo(cents: true)
+                    total += lot.quantity
+                    holding.lots.append(lot)
+                }
+                holding.quantity = total
+                marketValue += total * inst.price
+                holdings.append(holding)
+            }
+        }
+        let weightSum = rawWeights.reduce(0, +)
+        for (i, w) in rawWeights.enumerated() {
+            strategic[instruments[i].id] = (w / weightSum * 0.98 * 1e6).rounded() / 1e6
+        }
+
+        var portfolio = Keel_V1_Portfolio()
+        portfolio.accountID = "ACC-\(seed)"
+        portfolio.householdID = "HH-\(seed)"
+        portfolio.holdings = holdings
+        portfolio.cash = (max(10_000, marketValue * 0.03)).roundedTo(cents: true)
+        portfolio.baseCurrency = "EUR"
+        portfolio.firstRebalance = false
+
+        var profile = Keel_V1_RiskProfile()
+        profile.riskTolerance = 4
+        profile.capacityForLoss = .limited
+        profile.horizonYears = 10
+        profile.knowledge = .informed
+        profile.objectives = [.balanced, .growth]
+
+        var mandate = Keel_V1_Mandate()
+        mandate.strategicWeights = strategic
+        mandate.maxInstrumentWeight = max(0.10, 2.0 / Double(n))
+        for sector in sectors { mandate.sectorCaps[sector] = 0.35 }
+        mandate.assetClassCaps = [
+            "ASSET_CLASS_EQUITY": 0.75, "ASSET_CLASS_FIXED_INCOME": 0.6, "ASSET_CLASS_COMMODITY": 0.1,
+            "ASSET_CLASS_ALTERNATIVE": 0.1, "ASSET_CLASS_REAL_ESTATE": 0.15,
+        ]
+        mandate.esgFloor = 20
+        mandate.minCashWeight = 0.01
+        mandate.maxTurnover = 0.2
+        mandate.minTradeNotional = 100
+        mandate.commissionBps = 2
+        mandate.commissionMin = 1
+
+        var features: [Float] = []
+        features.reserveCapacity(n * f)
+        for _ in 0..<(n * f) {
+            features.append(Float(rng.unit() * 0.2 - 0.1))
+        }
+
+        request.portfolio = portfolio
+        request.instruments = instruments
+        request.riskProfile = profile
+        request.mandate = mandate
+        request.features = features
+        return request
+    }
+
+    /// A batch of `assets` price updates, one per instrument.
+    public static func priceUpdates(assets: Int, seed: UInt64 = 42) -> Keel_V1_PriceUpdateBatch {
+        var rng = SplitMix64(seed: seed)
+        var batch = Keel_V1_PriceUpdateBatch()
+        for i in 0..<max(1, assets) {
+            var update = Keel_V1_PriceUpdate()
+            update.instrumentID = instrumentID(i)
+            update.price = (10 + rng.unit() * 490).roundedTo(cents: true)
+            update.timeUnixNanos = 1_795_000_000_000_000_000 + Int64(i)
+            batch.updates.append(update)
+        }
+        return batch
+    }
+}
+
+/// SplitMix64: a tiny, fast, seedable generator (not for cryptography).
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    mutating func unit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+}
+
+extension Double {
+    fileprivate func roundedTo(cents: Bool) -> Double { (self * 100).rounded() / 100 }
+}

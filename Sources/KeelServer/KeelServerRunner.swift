@@ -1,0 +1,189 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import KeelFramedTransport
+import KeelInference
+import KeelServing
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// The ports a running server bound (useful with port 0).
+public struct BoundPorts: Sendable, Equatable {
+    public var grpc: Int
+    public var tcp: Int
+    public var metrics: Int
+}
+
+/// Why the server could not start; the message names the setting or file.
+public struct ServerStartError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    init(_ message: String) { description = message }
+}
+
+/// Builds and runs the whole server: the model repository and its watcher,
+/// the request handlers behind one admission gate, the gRPC and framed TCP
+/// transports, and the metrics endpoint.
+public final class KeelServerRunner: Sendable {
+    public let config: ServerConfig
+    let logger: Logger
+
+    public init(config: ServerConfig, logger: Logger) {
+        self.config = config
+        self.logger = logger
+    }
+
+    /// Starts everything, then waits for SIGTERM or SIGINT and shuts down
+    /// gracefully: stop accepting, finish requests in flight, return.
+    public func runUntilSignalled() async throws {
+        // The server starts inside the service group, after its signal handlers
+        // are installed: a SIGTERM right after the "serving" log line is graceful.
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: ServeUntilShutdown(runner: self))],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
+    }
+
+    /// Starts every component and returns once all of them listen.
+    public func start() async throws -> RunningServer {
+        KeelMetrics.bootstrap()
+        do {
+            try Blas.setThreads(config.blasThreads)
+        } catch {
+            throw ServerStartError("blasThreads: \(error.message)")
+        }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: config.modelsDirectory, isDirectory: &isDirectory),
+              isDirectory.boolValue else {
+            throw ServerStartError("models directory '\(config.modelsDirectory)' does not exist")
+        }
+        let host = config.host == "localhost" ? "127.0.0.1" : config.host
+
+        let repository = ModelRepository(root: URL(fileURLWithPath: config.modelsDirectory),
+                                         logger: Logger(label: "keel.models"))
+        let loaded = repository.loadAll()
+        for model in loaded {
+            logger.info("model loaded", metadata: ["model": "\(model.name)", "version": "\(model.version)",
+                                                   "sha256": "\(model.sha256)", "kind": "\(model.kind)"])
+        }
+        for failure in repository.failures() {
+            logger.warning("model rejected", metadata: ["model": "\(failure.name)", "version": "\(failure.version)",
+                                                         "reason": "\(failure.reason)"])
+        }
+        let gate = RequestGate(maxConcurrent: config.maxConcurrentRequests, maxQueued: config.maxQueuedRequests)
+        let service = KeelService(repository: repository, gate: gate, logger: Logger(label: "keel.service"))
+
+        let framed = FramedServer(
+            handler: service,
+            configuration: .init(host: host, port: config.tcpPort, maxMessageBytes: config.maxMessageBytes,
+                                 defaultDeadline: config.defaultDeadline),
+            logger: Logger(label: "keel.framed"))
+        let tcpPort = try await framed.start()
+
+        let address: GRPCNIOTransportCore.SocketAddress = host.contains(":")
+            ? .ipv6(host: host, port: config.grpcPort) : .ipv4(host: host, port: config.grpcPort)
+        let maxBytes = config.maxMessageBytes
+        let transport = HTTP2ServerTransport.Posix(
+            address: address, transportSecurity: .plaintext,
+            config: .defaults { $0.rpc.maxRequestPayloadSize = maxBytes })
+        let grpcServer = GRPCServer(
+            transport: transport,
+            services: [KeelGRPCServices(handler: service, defaultDeadline: config.defaultDeadline)])
+        let grpcLogger = logger
+        let grpcTask = Task {
+            do {
+                try await grpcServer.serve()
+            } catch {
+                grpcLogger.error("gRPC server stopped", metadata: ["error": "\(error)"])
+            }
+        }
+        let grpcPort: Int
+        do {
+            let bound = try await transport.listeningAddress
+            grpcPort = bound.ipv4?.port ?? bound.ipv6?.port ?? config.grpcPort
+        } catch {
+            await framed.shutdown(gracefully: false)
+            grpcTask.cancel()
+            throw ServerStartError("cannot listen for gRPC on \(host):\(config.grpcPort): \(error)")
+        }
+
+        let metricsChannel: any Channel
+        do {
+            metricsChannel = try await MetricsEndpoint(host: host, port: config.metricsPort, logger: logger).start()
+        } catch {
+            grpcServer.beginGracefulShutdown()
+            await framed.shutdown(gracefully: false)
+            throw ServerStartError("cannot listen for metrics on \(host):\(config.metricsPort): \(error)")
+        }
+        let metricsPort = metricsChannel.localAddress?.port ?? config.metricsPort
+
+        let interval = config.modelPollInterval
+        let watcher = Task { await repository.watch(every: interval) }
+
+        let ports = BoundPorts(grpc: grpcPort, tcp: tcpPort, metrics: metricsPort)
+        logger.info("keel serving grpc=\(host):\(grpcPort) tcp=\(host):\(tcpPort) metrics=\(host):\(metricsPort)",
+                    metadata: ["models": "\(config.modelsDirectory)", "loaded": "\(loaded.count)",
+                               "blas_threads": "\(Blas.threads)"])
+        return RunningServer(ports: ports, repository: repository, service: service, gate: gate, framed: framed,
+                             grpcServer: grpcServer, grpcTask: grpcTask, metricsChannel: metricsChannel,
+                             watcher: watcher, logger: logger)
+    }
+}
+
+/// A started server. ``shutdown()`` stops it gracefully.
+public final class RunningServer: Sendable {
+    public let ports: BoundPorts
+    public let repository: ModelRepository
+    public let service: KeelService
+    let gate: RequestGate
+    let framed: FramedServer
+    let grpcServer: GRPCServer<HTTP2ServerTransport.Posix>
+    let grpcTask: Task<Void, Never>
+    let metricsChannel: any Channel
+    let watcher: Task<Void, Never>
+    let logger: Logger
+
+    init(ports: BoundPorts, repository: ModelRepository, service: KeelService, gate: RequestGate,
+         framed: FramedServer, grpcServer: GRPCServer<HTTP2ServerTransport.Posix>, grpcTask: Task<Void, Never>,
+         metricsChannel: any Channel, watcher: Task<Void, Never>, logger: Logger) {
+        self.ports = ports
+        self.repository = repository
+        self.service = service
+        self.gate = gate
+        self.framed = framed
+        self.grpcServer = grpcServer
+        self.grpcTask = grpcTask
+        self.metricsChannel = metricsChannel
+        self.watcher = watcher
+        self.logger = logger
+    }
+
+    /// Stops accepting on both transports, lets requests in flight finish and
+    /// their responses go out, then closes everything. Idempotent.
+    public func shutdown() async {
+        logger.info("shutting down: no new requests; finishing requests in flight")
+        grpcServer.beginGracefulShutdown()
+        async let framedDone: Void = framed.shutdown(gracefully: true)
+        await grpcTask.value
+        await framedDone
+        await gate.drain()
+        watcher.cancel()
+        await watcher.value
+        try? await metricsChannel.close()
+        logger.info("stopped")
+    }
+}
+
+/// Starts the server, waits for the service group's graceful-shutdown signal,
+/// then shuts down.
+struct ServeUntilShutdown: Service {
+    let runner: KeelServerRunner
+
+    func run() async throws {
+        let running = try await runner.start()
+        try? await gracefulShutdown()
+        await running.shutdown()
+    }
+}

@@ -1,0 +1,24 @@
+/// Everything `keel serve` can be told, with the defaults of docs/OPERATIONS.md.
+/// Filled from (lowest to highest precedence) defaults, a config file,
+/// environment variables and command-line flags.
+public struct ServerConfig: Sendable, Equatable {
+    public var host = "127.0.0.1"
+    public var grpcPort = 50051
+    public var tcpPort = 50052
+    public var metricsPort = 9090
+    public var modelsDirectory = "./models"
+    /// Largest request or response payload accepted, in bytes.
+    public var maxMessageBytes = 4 << 20
+    /// Deadline for requests that do not carry their own.
+    public var defaultDeadline: Duration = .seconds(1)
+    /// Requests executing at once; more wait in the queue.
+    public var maxConcurrentRequests = 4
+    /// Requests allowed to wait; beyond it new requests get RESOURCE_EXHAUSTED.
+    public var maxQueuedRequests = 1024
+    /// How often the model repository looks for new or replaced files.
+    public var modelPollInterval: Duration = .seconds(1)
+    /// Threads OpenBLAS may use per product (1: parallelism comes from requests).
+    public var blasThreads = 1
+
+    public init() {}
+}

@@ -1,0 +1,81 @@
+import Metrics
+import Synchronization
+
+/// Per-request metrics: `keel_requests_total{method,code}` and
+/// `keel_request_duration_seconds{method,phase}` (phases decode, queue,
+/// inference, encode), as swift-metrics `Timer`s recording nanoseconds.
+///
+/// Every timer and the OK counter are created up front, so the request path
+/// does no factory lookups; counters for error codes are created on first use
+/// under a lock (error path only).
+///
+/// Thread safety: immutable apart from the lock-protected error counters.
+final class ServiceMetrics: Sendable {
+    enum Phase: String, CaseIterable {
+        case decode, queue, inference, encode
+    }
+
+    final class PerMethod: Sendable {
+        let decode: Metrics.Timer
+        let queue: Metrics.Timer
+        let inference: Metrics.Timer
+        let encode: Metrics.Timer
+        let ok: Counter
+        private let method: String
+        private let factory: any MetricsFactory
+        private let errors = Mutex<[Int32: Counter]>([:])
+
+        init(method: RPCMethod, factory: any MetricsFactory) {
+            let name = method.name
+            func timer(_ phase: Phase) -> Metrics.Timer {
+                Metrics.Timer(label: "keel_request_duration_seconds",
+                              dimensions: [("method", name), ("phase", phase.rawValue)], factory: factory)
+            }
+            decode = timer(.decode)
+            queue = timer(.queue)
+            inference = timer(.inference)
+            encode = timer(.encode)
+            ok = Counter(label: "keel_requests_total", dimensions: [("method", name), ("code", "OK")],
+                         factory: factory)
+            self.method = name
+            self.factory = factory
+        }
+
+        func count(_ code: RPCStatusCode) {
+            if code == .ok {
+                ok.increment()
+                return
+            }
+            let counter = errors.withLock { all in
+                if let c = all[code.rawValue] { return c }
+                let c = Counter(label: "keel_requests_total",
+                                dimensions: [("method", method), ("code", code.description)], factory: factory)
+                all[code.rawValue] = c
+                return c
+            }
+            counter.increment()
+        }
+    }
+
+    private let table: [RPCMethod: PerMethod]
+    private let fallback: PerMethod
+
+    init(factory: any MetricsFactory) {
+        var table: [RPCMethod: PerMethod] = [:]
+        for method in RPCMethod.allCases { table[method] = PerMethod(method: method, factory: factory) }
+        self.table = table
+        self.fallback = table[.healthCheck] ?? PerMethod(method: .healthCheck, factory: factory)
+    }
+
+    subscript(method: RPCMethod) -> PerMethod { table[method] ?? fallback }
+}
+
+extension Metrics.Timer {
+    /// Records the time elapsed from `start` to `end`.
+    @inline(__always)
+    func record(from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) {
+        let elapsed = end - start
+        let (seconds, attoseconds) = elapsed.components
+        recordNanoseconds(seconds &* 1_000_000_000 &+ attoseconds / 1_000_000_000)
+    }
+}

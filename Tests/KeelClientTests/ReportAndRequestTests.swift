@@ -1,0 +1,201 @@
+import Foundation
+import Histogram
+import KeelAPI
+import KeelClient
+import KeelServing
+import SwiftProtobuf
+import Testing
+
+@Suite("BenchReport and SLO")
+struct BenchReportTests {
+    /// A result with `ok` latencies spread evenly from 1 to `slowest` microseconds.
+    static func result(ok: Int, slowestMicros: UInt64, errors: [RPCStatusCode: Int] = [:]) -> LoadResult {
+        var h = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        for i in 1...max(1, ok) where ok > 0 {
+            _ = h.record(UInt64(i) * slowestMicros * 1000 / UInt64(ok))
+        }
+        return LoadResult(
+            latencies: h, sent: ok + errors.values.reduce(0, +), ok: ok, errorsByCode: errors,
+            sampleErrors: errors.keys.map { "\($0): boom" }, elapsed: .seconds(2), lateSends: 3,
+            maxSendLag: .microseconds(1500))
+    }
+
+    static let plan = LoadPlan(
+        method: .rebalance, request: [1, 2, 3, 4], mode: .openLoop(rate: 1000), duration: .seconds(2))
+
+    @Test func summarisesPercentiles() {
+        let report = BenchReport(
+            result: Self.result(ok: 1000, slowestMicros: 1000), plan: Self.plan, target: "tcp://127.0.0.1:1",
+            connections: 1)
+        #expect(abs(report.latencyMicros.p50 - 500) <= 1)
+        #expect(abs(report.latencyMicros.p90 - 900) <= 1)
+        #expect(abs(report.latencyMicros.p99 - 990) <= 1)
+        #expect(abs(report.latencyMicros.max - 1000) <= 1)
+        #expect(abs(report.latencyMicros.mean - 500.5) <= 1)
+        #expect(report.throughput == 500)
+        #expect(report.sent == 1000 && report.ok == 1000 && report.errors == 0)
+        #expect(report.mode == "open-loop")
+        #expect(report.requestedRate == 1000)
+        #expect(report.method == "Rebalance")
+        #expect(report.requestBytes == 4)
+    }
+
+    @Test("SLO passes when p99 and the error rate are within budget")
+    func sloPass() {
+        let report = BenchReport(
+            result: Self.result(ok: 1000, slowestMicros: 1000), plan: Self.plan, target: "t", connections: 1)
+        #expect(report.violations(of: .init(p99: .milliseconds(1), maxErrorRate: 0)).isEmpty)
+        #expect(report.violations(of: .init(p99: .microseconds(991), maxErrorRate: 0)).isEmpty)
+    }
+
+    @Test("SLO fails when p99 is over budget")
+    func sloLatency() {
+        let report = BenchReport(
+            result: Self.result(ok: 1000, slowestMicros: 1000), plan: Self.plan, target: "t", connections: 1)
+        let problems = report.violations(of: .init(p99: .microseconds(500), maxErrorRate: 0))
+        #expect(problems.count == 1)
+        #expect(problems.first?.contains("p99") == true)
+        #expect(problems.first?.contains("500us") == true)
+    }
+
+    @Test("SLO fails when the error rate is over the limit, and names the codes")
+    func sloErrors() {
+        let report = BenchReport(
+            result: Self.result(ok: 990, slowestMicros: 100, errors: [.resourceExhausted: 10]), plan: Self.plan,
+            target: "t", connections: 1)
+        #expect(abs(report.errorRate - 0.01) < 1e-12)
+        #expect(report.violations(of: .init(p99: .seconds(1), maxErrorRate: 0.01)).isEmpty)
+        let problems = report.violations(of: .init(p99: .seconds(1), maxErrorRate: 0.001))
+        #expect(problems.count == 1)
+        #expect(problems.first?.contains("RESOURCE_EXHAUSTED 10") == true)
+    }
+
+    @Test("SLO fails when nothing succeeded")
+    func sloNothing() {
+        let report = BenchReport(
+            result: Self.result(ok: 0, slowestMicros: 1, errors: [.unavailable: 5]), plan: Self.plan, target: "t",
+            connections: 1)
+        let problems = report.violations(of: .init(p99: .seconds(1), maxErrorRate: 1))
+        #expect(problems.contains { $0.contains("no successful calls") })
+        #expect(report.latencyMicros.p99 == 0)
+    }
+
+    @Test("JSON has every key, in a fixed order, and parses")
+    func json() throws {
+        let report = BenchReport(
+            result: Self.result(ok: 100, slowestMicros: 2000, errors: [.deadlineExceeded: 2, .unavailable: 1]),
+            plan: Self.plan, target: "grpc://[::1]:50051", connections: 2)
+        let text = report.renderJSON()
+        let keys = [
+            "target", "method", "mode", "requested_rate", "connections", "concurrency", "duration_seconds",
+            "request_bytes", "sent", "ok", "errors", "errors_by_code", "sample_errors", "throughput", "latency_us",
+            "late_sends", "max_send_lag_us",
+        ]
+        var last = text.startIndex
+        for key in keys {
+            let range = try #require(text.range(of: "\"\(key)\":", range: last..<text.endIndex), "missing \(key)")
+            last = range.upperBound
+        }
+        let object = try #require(
+            try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        #expect(Set(object.keys) == Set(keys))
+        #expect(object["ok"] as? Int == 100)
+        #expect(object["errors"] as? Int == 3)
+        #expect(object["target"] as? String == "grpc://[::1]:50051")
+        let byCode = try #require(object["errors_by_code"] as? [String: Int])
+        #expect(byCode == ["DEADLINE_EXCEEDED": 2, "UNAVAILABLE": 1])
+        let latency = try #require(object["latency_us"] as? [String: Double])
+        #expect(Set(latency.keys) == ["p50", "p90", "p99", "p99_9", "max", "mean", "min"])
+        #expect((latency["p99"] ?? 0) > 1900)
+        #expect(object["max_send_lag_us"] as? Double == 1500)
+        // Stable: the same report renders the same bytes.
+        #expect(report.renderJSON() == text)
+    }
+
+    @Test func textTable() {
+        let report = BenchReport(
+            result: Self.result(ok: 100, slowestMicros: 2000, errors: [.unavailable: 1]), plan: Self.plan,
+            target: "tcp://127.0.0.1:50052", connections: 1)
+        let text = report.renderText()
+        for needle in ["Rebalance on tcp://127.0.0.1:50052", "open-loop at 1000 req/s", "p50", "p99.9", "max", "mean",
+                       "UNAVAILABLE", "late sends", "throughput"] {
+            #expect(text.contains(needle), "missing \(needle)")
+        }
+    }
+}
+
+@Suite("Bench requests")
+struct BenchRequestTests {
+    @Test(arguments: [1, 10, 500])
+    func rebalanceShape(_ assets: Int) throws {
+        let request = BenchRequests.rebalance(assets: assets, featureCount: 12, seed: 7)
+        #expect(request.instruments.count == assets)
+        #expect(Set(request.instruments.map(\.id)).count == assets)
+        #expect(request.features.count == assets * 12)
+        #expect(request.instruments.allSatisfy { $0.price > 0 && !$0.sector.isEmpty && $0.assetClass != .unspecified })
+        #expect(request.instruments.allSatisfy { !$0.hasEsgScore || (0...100).contains($0.esgScore) })
+        #expect(request.hasRiskProfile && request.hasMandate && request.hasPortfolio)
+        #expect(request.riskProfile.riskTolerance == 4)
+        let weights = request.mandate.strategicWeights
+        #expect(weights.count == assets)
+        #expect(abs(weights.values.reduce(0, +) - 0.98) < 1e-3)
+        let ids = Set(request.instruments.map(\.id))
+        #expect(request.portfolio.holdings.allSatisfy { ids.contains($0.instrumentID) })
+        for holding in request.portfolio.holdings {
+            #expect(abs(holding.lots.map(\.quantity).reduce(0, +) - holding.quantity) < 1e-9)
+        }
+        if assets >= 10 { #expect(!request.portfolio.holdings.isEmpty) }
+    }
+
+    @Test func deterministic() throws {
+        let a = try BenchRequests.serialized(.rebalance, assets: 50, featureCount: 12, seed: 1)
+        let b = try BenchRequests.serialized(.rebalance, assets: 50, featureCount: 12, seed: 1)
+        let c = try BenchRequests.serialized(.rebalance, assets: 50, featureCount: 12, seed: 2)
+        // Map fields may serialize in any order: compare decoded messages.
+        let da = try Keel_V1_RebalanceRequest(serializedBytes: a)
+        let db = try Keel_V1_RebalanceRequest(serializedBytes: b)
+        let dc = try Keel_V1_RebalanceRequest(serializedBytes: c)
+        #expect(da == db)
+        #expect(da != dc)
+        #expect(da.features.count == 600)
+    }
+
+    @Test func featureCountFollowsTheModel() throws {
+        let bytes = try BenchRequests.serialized(.rebalance, assets: 3, featureCount: 20)
+        #expect(try Keel_V1_RebalanceRequest(serializedBytes: bytes).features.count == 60)
+    }
+
+    @Test func otherMethods() throws {
+        let batch = try Keel_V1_PriceUpdateBatch(
+            serializedBytes: try BenchRequests.serialized(.publishMarketData, assets: 25))
+        #expect(batch.updates.count == 25)
+        #expect(try BenchRequests.serialized(.healthCheck, assets: 1).isEmpty)
+        #expect(try BenchRequests.serialized(.listModels, assets: 1).isEmpty)
+    }
+
+    @Test("the feature count comes from the serving policy model")
+    func featureCountFromListModels() {
+        func model(_ name: String, _ version: Int64, kind: String, features: Int, serving: Bool) -> Keel_V1_ModelInfo {
+            var m = Keel_V1_ModelInfo()
+            m.ref.name = name
+            m.ref.version = version
+            m.kind = kind
+            m.features = (0..<features).map { "f\($0)" }
+            m.serving = serving
+            return m
+        }
+        var response = Keel_V1_ListModelsResponse()
+        response.models = [
+            model("policy", 1, kind: "policy", features: 12, serving: false),
+            model("policy", 2, kind: "policy", features: 14, serving: true),
+            model("liquidity", 1, kind: "liquidity", features: 5, serving: true),
+        ]
+        #expect(KeelClients.featureCount(of: "policy", in: response) == 14)
+        #expect(KeelClients.featureCount(of: "liquidity", in: response) == 5)
+        #expect(KeelClients.featureCount(of: "missing", in: response) == nil)
+        var renamed = Keel_V1_ListModelsResponse()
+        renamed.models = [model("policy-v9", 1, kind: "policy", features: 9, serving: true)]
+        #expect(KeelClients.featureCount(of: "policy", in: renamed) == 9)
+        #expect(KeelClients.featureCount(of: "policy", in: Keel_V1_ListModelsResponse()) == nil)
+    }
+}

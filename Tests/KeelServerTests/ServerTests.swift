@@ -1,0 +1,249 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import KeelAPI
+import KeelClient
+import KeelServer
+import KeelServing
+import Logging
+import Testing
+
+/// The whole server on loopback (port 0 everywhere), driven through both
+/// transports' real clients.
+@Suite("keel server", .serialized)
+struct ServerTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    static let shippedPolicy = root.appendingPathComponent("models/policy/1/model.onnx")
+
+    /// A fresh repository holding the shipped policy as version 1.
+    static func makeRepository() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keel-server-\(UUID().uuidString)")
+        try install(try Data(contentsOf: shippedPolicy), in: dir, version: 1)
+        return dir
+    }
+
+    static func install(_ bytes: Data, in dir: URL, version: Int) throws {
+        let vdir = dir.appendingPathComponent("policy/\(version)")
+        try FileManager.default.createDirectory(at: vdir, withIntermediateDirectories: true)
+        // Write then rename, as an operator's deploy script should.
+        let tmp = dir.appendingPathComponent(".incoming-\(UUID().uuidString)")
+        try bytes.write(to: tmp)
+        guard rename(tmp.path, vdir.appendingPathComponent("model.onnx").path) == 0 else {
+            throw CocoaError(.fileWriteUnknown)
+        }
+    }
+
+    /// The shipped model with one more metadata entry appended: a valid ONNX
+    /// file with different bytes (so a different SHA-256). Field 14 of
+    /// ModelProto is metadata_props; appending a field is valid protobuf.
+    static func variant(_ tag: String) throws -> Data {
+        var bytes = try Data(contentsOf: shippedPolicy)
+        let key = Array("keel.variant".utf8), value = Array(tag.utf8)
+        let entry: [UInt8] = [0x0A, UInt8(key.count)] + key + [0x12, UInt8(value.count)] + value
+        bytes.append(contentsOf: [0x72, UInt8(entry.count)] + entry)
+        return bytes
+    }
+
+    static func config(models: URL) -> ServerConfig {
+        var c = ServerConfig()
+        c.grpcPort = 0
+        c.tcpPort = 0
+        c.metricsPort = 0
+        c.modelsDirectory = models.path
+        c.modelPollInterval = .milliseconds(50)
+        return c
+    }
+
+    static func rebalanceBytes(assets: Int, id: String = "t") throws -> [UInt8] {
+        var req = Keel_V1_RebalanceRequest()
+        req.requestID = id
+        for i in 0..<assets {
+            var inst = Keel_V1_Instrument()
+            inst.id = "A\(i)"
+            inst.price = 10
+            req.instruments.append(inst)
+        }
+        req.features = (0..<(assets * 12)).map { Float(($0 % 7) - 3) * 0.1 }
+        return try req.serializedBytes()
+    }
+
+    @Test("Rebalance answers identically over framed TCP and gRPC", arguments: [1, 10, 100])
+    func bothTransports(assets: Int) async throws {
+        let dir = try Self.makeRepository()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let server = try await KeelServerRunner(config: Self.config(models: dir), logger: Logger(label: "test")).start()
+        let framed = try await KeelClients.connect(Endpoint(transport: .tcp, host: "127.0.0.1", port: server.ports.tcp))
+        let grpc = try await KeelClients.connect(Endpoint(transport: .grpc, host: "127.0.0.1", port: server.ports.grpc))
+        let request = try Self.rebalanceBytes(assets: assets)
+        let a = try Keel_V1_RebalanceResponse(serializedBytes: try await framed.call(.rebalance, request: request, timeout: .seconds(5)))
+        let b = try Keel_V1_RebalanceResponse(serializedBytes: try await grpc.call(.rebalance, request: request, timeout: .seconds(5)))
+        #expect(a.targets == b.targets)
+        #expect(a.targets.count == assets)
+        #expect(abs(a.targets.map(\.targetWeight).reduce(0, +) - 1) < 1e-9)
+        #expect(a.model.version == 1 && b.model.sha256 == a.model.sha256)
+        // The same bad request gets the same status on both transports.
+        var bad = try Keel_V1_RebalanceRequest(serializedBytes: request)
+        bad.features.removeLast()
+        let badBytes: [UInt8] = try bad.serializedBytes()
+        for client in [framed, grpc] {
+            do {
+                _ = try await client.call(.rebalance, request: badBytes, timeout: .seconds(5))
+                Issue.record("a bad feature count was accepted")
+            } catch {
+                #expect(error.code == .invalidArgument)
+                #expect(error.message.contains("feature"))
+            }
+        }
+        await framed.close()
+        await grpc.close()
+        await server.shutdown()
+    }
+
+    @Test("hot swap under load: no failed request, new version serves, a corrupt file never serves")
+    func hotSwapUnderLoad() async throws {
+        let dir = try Self.makeRepository()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let server = try await KeelServerRunner(config: Self.config(models: dir), logger: Logger(label: "test")).start()
+        let client = try await KeelClients.connect(Endpoint(transport: .tcp, host: "127.0.0.1", port: server.ports.tcp))
+        let request = try Self.rebalanceBytes(assets: 20)
+        let v2 = try Self.variant("two")
+
+        // Four loops send back to back until told to stop; they record every version seen.
+        let stop = Flag()
+        let results = try await withThrowingTaskGroup(of: [Int64: Int].self) { group in
+            for _ in 0..<4 {
+                group.addTask {
+                    var seen: [Int64: Int] = [:]
+                    while !stop.isSet {
+                        let bytes = try await client.call(.rebalance, request: request, timeout: .seconds(5))
+                        let response = try Keel_V1_RebalanceResponse(serializedBytes: bytes)
+                        seen[response.model.version, default: 0] += 1
+                    }
+                    return seen
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            try Self.install(v2, in: dir, version: 2)
+            try await waitUntil { server.repository.serving(name: "policy")?.version == 2 }
+            try await Task.sleep(for: .milliseconds(300))
+            // A corrupt version 3: truncated halfway.
+            try Self.install(v2.prefix(v2.count / 2), in: dir, version: 3)
+            try await waitUntil { server.repository.lastError(name: "policy")?.version == 3 }
+            try await Task.sleep(for: .milliseconds(300))
+            stop.set()
+            var merged: [Int64: Int] = [:]
+            for try await seen in group { merged.merge(seen, uniquingKeysWith: +) }
+            return merged
+        }
+        #expect(results[1, default: 0] > 0, "requests were answered by version 1 before the swap")
+        #expect(results[2, default: 0] > 0, "requests were answered by version 2 after the swap")
+        #expect(results[3] == nil, "the corrupt version 3 never served")
+        #expect(server.repository.serving(name: "policy")?.version == 2)
+        #expect(server.repository.serving(name: "policy")?.sha256 != nil)
+        await client.close()
+        await server.shutdown()
+    }
+
+    @Test("graceful shutdown lets requests in flight finish")
+    func gracefulShutdown() async throws {
+        let dir = try Self.makeRepository()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let server = try await KeelServerRunner(config: Self.config(models: dir), logger: Logger(label: "test")).start()
+        let client = try await KeelClients.connect(Endpoint(transport: .tcp, host: "127.0.0.1", port: server.ports.tcp))
+        let request = try Self.rebalanceBytes(assets: 1000)
+        // Each request either completes or is refused cleanly with UNAVAILABLE
+        // (sent after shutdown began); none fails otherwise or hangs.
+        async let outcomes = withTaskGroup(of: RPCStatusCode.self) { group in
+            for _ in 0..<32 {
+                group.addTask {
+                    do {
+                        _ = try await client.call(.rebalance, request: request, timeout: .seconds(5))
+                        return .ok
+                    } catch {
+                        return (error as? RPCStatus)?.code ?? .unknown
+                    }
+                }
+            }
+            var codes: [RPCStatusCode] = []
+            for await code in group { codes.append(code) }
+            return codes
+        }
+        try await Task.sleep(for: .milliseconds(5))
+        await server.shutdown()
+        let codes = await outcomes
+        #expect(codes.count == 32)
+        #expect(codes.contains(.ok), "requests in flight before shutdown were answered")
+        #expect(codes.allSatisfy { $0 == .ok || $0 == .unavailable }, "\(codes)")
+        await client.close()
+    }
+}
+
+@Suite("server configuration")
+struct ConfigTests {
+    @Test("precedence: defaults < file < environment < flags")
+    func precedence() throws {
+        var c = ServerConfig()
+        try c.apply(json: Data(#"{"grpcPort": 7001, "tcpPort": 7002, "host": "0.0.0.0"}"#.utf8), source: "keel.json")
+        #expect(c.grpcPort == 7001 && c.tcpPort == 7002 && c.host == "0.0.0.0")
+        try c.apply(environment: ["KEEL_TCP_PORT": "7102", "KEEL_MODELS": "/srv/models"])
+        #expect(c.tcpPort == 7102 && c.modelsDirectory == "/srv/models" && c.grpcPort == 7001)
+        try c.set("tcpPort", "7202", source: "--tcp-port")
+        #expect(c.tcpPort == 7202)
+        #expect(c.metricsPort == 9090)
+    }
+
+    @Test("bad values name the setting and its source",
+          arguments: [(#"{"grpcPort": 70000}"#, "'grpcPort'"), (#"{"nope": 1}"#, "unknown setting"),
+                      (#"[1, 2]"#, "JSON object"), (#"{"grpcPort": true}"#, "keel.json")])
+    func badFile(json: String, needle: String) {
+        var c = ServerConfig()
+        #expect(throws: ConfigError.self) { try c.apply(json: Data(json.utf8), source: "keel.json") }
+        do {
+            try c.apply(json: Data(json.utf8), source: "keel.json")
+        } catch {
+            #expect(error.message.contains(needle), "\(error.message)")
+        }
+    }
+
+    @Test("duplicate ports are refused")
+    func duplicatePorts() throws {
+        var c = ServerConfig()
+        c.grpcPort = 6000
+        c.tcpPort = 6000
+        #expect(throws: ConfigError.self) { try c.validate() }
+        c.tcpPort = 0
+        c.grpcPort = 0
+        try c.validate()
+    }
+
+    @Test("environment values are checked", arguments: ["KEEL_GRPC_PORT", "KEEL_MAX_QUEUED_REQUESTS"])
+    func badEnvironment(variable: String) {
+        var c = ServerConfig()
+        do {
+            try c.apply(environment: [variable: "-5"])
+            Issue.record("accepted -5 for \(variable)")
+        } catch {
+            #expect(error.message.contains(variable))
+        }
+    }
+}
+
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
+}
+
+import Synchronization
+
+func waitUntil(timeout: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        if ContinuousClock.now > deadline { throw WaitTimeout() }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}
+
+struct WaitTimeout: Error {}
