@@ -125,6 +125,7 @@ let package = Package(
                 "KeelGRPC",
                 "KeelServing",
                 "KeelFramedTransport",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -170,7 +171,13 @@ let package = Package(
         ),
         .testTarget(
             name: "KeelClientTests",
-            dependencies: ["KeelClient", "KeelServing", "KeelAPI"]
+            dependencies: [
+                "KeelClient", "KeelServing", "KeelAPI", "KeelFramedTransport",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -94,8 +94,9 @@ def main():
         pending = []
         for i in range(total):
             intended = t0 + int(i * interval)
-            while time.perf_counter_ns() < intended:
-                pass
+            wait = intended - time.perf_counter_ns()
+            if wait > 0:
+                time.sleep(wait / 1e9)  # sleeping releases the GIL for grpcio's callback threads
             fut = stub.Rebalance.future(req, timeout=5)
             fut.add_done_callback(lambda f, t=intended: done(f, t))
             pending.append(fut)

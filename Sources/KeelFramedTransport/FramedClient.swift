@@ -63,6 +63,10 @@ public final class FramedClient: Sendable {
         let bootstrap = ClientBootstrap(group: eventLoopGroup)
             .connectTimeout(TimeAmount(configuration.connectTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            // Responses of up to a few hundred KiB: one read per frame (NIO starts at 2 KiB).
+            .channelOption(.recvAllocator,
+                           value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024,
+                                                                  maximum: 1024 * 1024))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers(
