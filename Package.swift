@@ -145,9 +145,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Test support shared by the Swift test targets (an ONNX model writer).
+        .target(
+            name: "KeelTestSupport",
+            path: "Tests/KeelTestSupport"
+        ),
         .testTarget(
             name: "KeelInferenceTests",
-            dependencies: ["KeelInference"]
+            dependencies: ["KeelInference", "KeelTestSupport"]
         ),
         .testTarget(
             name: "KeelCLITests",
@@ -156,7 +161,7 @@ let package = Package(
         .testTarget(
             name: "KeelServingTests",
             dependencies: [
-                "KeelServing", "KeelAPI", "KeelInference",
+                "KeelServing", "KeelAPI", "KeelInference", "KeelTestSupport",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]

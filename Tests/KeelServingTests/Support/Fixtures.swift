@@ -1,3 +1,4 @@
+import KeelTestSupport
 import CoreMetrics
 import Foundation
 import Synchronization

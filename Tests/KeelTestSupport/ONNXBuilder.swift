@@ -1,13 +1,14 @@
-// Copied from Tests/KeelInferenceTests/Support/ONNXBuilder.swift.
+// Test support shared by the Swift test targets: a minimal protobuf writer for ONNX models.
 // A tiny test-only protobuf writer for the ONNX messages Keel reads, with the
 // field numbers of onnx/onnx.proto (see proto/onnx/onnx-subset.proto), so the
 // tests can build model bytes without Python.
 
 /// Protobuf wire-format writer (proto2, little-endian).
-struct ProtoWriter {
-    private(set) var bytes: [UInt8] = []
+public struct ProtoWriter {
+    public private(set) var bytes: [UInt8] = []
+    public init() {}
 
-    mutating func varint(_ value: UInt64) {
+    public mutating func varint(_ value: UInt64) {
         var v = value
         while v >= 0x80 {
             bytes.append(UInt8(v & 0x7f) | 0x80)
@@ -16,98 +17,119 @@ struct ProtoWriter {
         bytes.append(UInt8(v))
     }
 
-    mutating func key(_ field: Int, wire: Int) { varint(UInt64(field << 3 | wire)) }
+    public mutating func key(_ field: Int, wire: Int) { varint(UInt64(field << 3 | wire)) }
 
     /// int32/int64/enum field (negative values as 10-byte two's complement, as protobuf does).
-    mutating func int(_ field: Int, _ value: Int64) {
+    public mutating func int(_ field: Int, _ value: Int64) {
         key(field, wire: 0)
         varint(UInt64(bitPattern: value))
     }
 
-    mutating func float(_ field: Int, _ value: Float) {
+    public mutating func float(_ field: Int, _ value: Float) {
         key(field, wire: 5)
         appendLittleEndian(value.bitPattern)
     }
 
-    mutating func bytes(_ field: Int, _ data: [UInt8]) {
+    public mutating func bytes(_ field: Int, _ data: [UInt8]) {
         key(field, wire: 2)
         varint(UInt64(data.count))
         bytes.append(contentsOf: data)
     }
 
-    mutating func string(_ field: Int, _ text: String) { bytes(field, Array(text.utf8)) }
+    public mutating func string(_ field: Int, _ text: String) { bytes(field, Array(text.utf8)) }
 
-    mutating func message(_ field: Int, _ build: (inout ProtoWriter) -> Void) {
+    public mutating func message(_ field: Int, _ build: (inout ProtoWriter) -> Void) {
         var inner = ProtoWriter()
         build(&inner)
         bytes(field, inner.bytes)
     }
 
-    mutating func packedFloats(_ field: Int, _ values: [Float]) {
+    public mutating func packedFloats(_ field: Int, _ values: [Float]) {
         var inner = ProtoWriter()
         for v in values { inner.appendLittleEndian(v.bitPattern) }
         bytes(field, inner.bytes)
     }
 
-    mutating func packedInts(_ field: Int, _ values: [Int64]) {
+    public mutating func packedInts(_ field: Int, _ values: [Int64]) {
         var inner = ProtoWriter()
         for v in values { inner.varint(UInt64(bitPattern: v)) }
         bytes(field, inner.bytes)
     }
 
-    mutating func appendLittleEndian(_ value: UInt32) {
+    public mutating func appendLittleEndian(_ value: UInt32) {
         for shift in stride(from: 0, to: 32, by: 8) { bytes.append(UInt8((value >> UInt32(shift)) & 0xff)) }
     }
 }
 
 /// ONNX model description, encoded to ModelProto bytes by `encode()`.
-struct ONNXModel {
-    enum Dim {
+public struct ONNXModel {
+    public init() {}
+
+    public enum Dim {
         case value(Int)
         case param(String)
     }
 
-    struct ValueInfo {
-        var name: String
-        var elemType: Int = 1
-        var dims: [Dim]
+    public struct ValueInfo {
+        public var name: String
+        public var elemType: Int = 1
+        public var dims: [Dim]
+        public init(name: String, elemType: Int = 1, dims: [Dim]) {
+            self.name = name
+            self.elemType = elemType
+            self.dims = dims
+        }
     }
 
-    enum Attribute {
+    public enum Attribute {
         case int(String, Int64)
         case float(String, Float)
         case ints(String, [Int64])
         case floats(String, [Float])
     }
 
-    struct Node {
-        var opType: String
-        var inputs: [String]
-        var outputs: [String]
-        var name: String = ""
-        var attributes: [Attribute] = []
+    public struct Node {
+        public var opType: String
+        public var inputs: [String]
+        public var outputs: [String]
+        public var name: String = ""
+        public var attributes: [Attribute] = []
+        public init(opType: String, inputs: [String], outputs: [String], name: String = "",
+                    attributes: [Attribute] = []) {
+            self.opType = opType
+            self.inputs = inputs
+            self.outputs = outputs
+            self.name = name
+            self.attributes = attributes
+        }
     }
 
-    struct Initializer {
-        var name: String
-        var dims: [Int64]
-        var values: [Float]
+    public struct Initializer {
+        public var name: String
+        public var dims: [Int64]
+        public var values: [Float]
         /// Store as raw_data (little-endian bytes) instead of float_data.
-        var raw = false
+        public var raw = false
+        public init(name: String, dims: [Int64], values: [Float], raw: Bool = false) {
+            self.name = name
+            self.dims = dims
+            self.values = values
+            self.raw = raw
+        }
     }
 
-    var irVersion: Int64 = 8
-    var opset: Int64 = 17
-    var producerName = "keel-tests"
-    var producerVersion = "1.0"
-    var graphName = "test-graph"
-    var nodes: [Node] = []
-    var initializers: [Initializer] = []
-    var inputs: [ValueInfo] = []
-    var outputs: [ValueInfo] = []
-    var metadata: [(String, String)] = []
+    public var irVersion: Int64 = 8
+    public var opset: Int64 = 17
+    public var producerName = "keel-tests"
+    public var producerVersion = "1.0"
+    public var graphName = "test-graph"
+    public var nodes: [Node] = []
+    public var initializers: [Initializer] = []
+    public var inputs: [ValueInfo] = []
+    public var outputs: [ValueInfo] = []
+    public var metadata: [(String, String)] = []
 
-    func encode() -> [UInt8] {
+    public func encode() -> [UInt8] {
         var m = ProtoWriter()
         m.int(1, irVersion)                              // ir_version
         m.string(2, producerName)                         // producer_name
