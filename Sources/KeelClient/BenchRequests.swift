@@ -65,7 +65,7 @@ public enum BenchRequests {
         var instruments: [Keel_V1_Instrument] = []
         instruments.reserveCapacity(n)
         var holdings: [Keel_V1_Holding] = []
-        var strategic: [String: Double] = [:]
+        var strategic: [Keel_V1_Weight] = []
         var rawWeights: [Double] = []
         var marketValue = 0.0
         for i in 0..<n {
@@ -113,7 +113,10 @@ public enum BenchRequests {
         }
         let weightSum = rawWeights.reduce(0, +)
         for (i, w) in rawWeights.enumerated() {
-            strategic[instruments[i].id] = (w / weightSum * 0.98 * 1e6).rounded() / 1e6
+            strategic.append(.with {
+                $0.id = instruments[i].id
+                $0.weight = (w / weightSum * 0.98 * 1e6).rounded() / 1e6
+            })
         }
 
         var portfolio = Keel_V1_Portfolio()
@@ -134,11 +137,11 @@ public enum BenchRequests {
         var mandate = Keel_V1_Mandate()
         mandate.strategicWeights = strategic
         mandate.maxInstrumentWeight = max(0.10, 2.0 / Double(n))
-        for sector in sectors { mandate.sectorCaps[sector] = 0.35 }
+        mandate.sectorCaps = sectors.map { sector in .with { $0.id = sector; $0.weight = 0.35 } }
         mandate.assetClassCaps = [
-            "ASSET_CLASS_EQUITY": 0.75, "ASSET_CLASS_FIXED_INCOME": 0.6, "ASSET_CLASS_COMMODITY": 0.1,
-            "ASSET_CLASS_ALTERNATIVE": 0.1, "ASSET_CLASS_REAL_ESTATE": 0.15,
-        ]
+            ("ASSET_CLASS_EQUITY", 0.75), ("ASSET_CLASS_FIXED_INCOME", 0.6), ("ASSET_CLASS_COMMODITY", 0.1),
+            ("ASSET_CLASS_ALTERNATIVE", 0.1), ("ASSET_CLASS_REAL_ESTATE", 0.15),
+        ].map { name, cap in .with { $0.id = name; $0.weight = cap } }
         mandate.esgFloor = 20
         mandate.minCashWeight = 0.01
         mandate.maxTurnover = 0.2

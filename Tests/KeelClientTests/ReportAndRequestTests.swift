@@ -138,7 +138,8 @@ struct BenchRequestTests {
         #expect(request.riskProfile.riskTolerance == 4)
         let weights = request.mandate.strategicWeights
         #expect(weights.count == assets)
-        #expect(abs(weights.values.reduce(0, +) - 0.98) < 1e-3)
+        #expect(abs(weights.map(\.weight).reduce(0, +) - 0.98) < 1e-3)
+        #expect(weights.map(\.id) == request.instruments.map(\.id))
         let ids = Set(request.instruments.map(\.id))
         #expect(request.portfolio.holdings.allSatisfy { ids.contains($0.instrumentID) })
         for holding in request.portfolio.holdings {

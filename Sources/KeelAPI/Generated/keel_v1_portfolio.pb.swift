@@ -493,22 +493,39 @@ public nonisolated struct Keel_V1_RiskProfile: Sendable {
   public init() {}
 }
 
+/// A name (instrument id, sector, asset class) with a weight. Lists of these are
+/// wire-compatible with map<string, double> but decode without hashing, keep
+/// their order, and are several times cheaper to decode in the server's hot path.
+public nonisolated struct Keel_V1_Weight: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var weight: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Keel_V1_Mandate: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// instrument id -> weight; with cash they sum to 1
-  public var strategicWeights: Dictionary<String,Double> = [:]
+  public var strategicWeights: [Keel_V1_Weight] = []
 
   /// 0 = no cap
   public var maxInstrumentWeight: Double = 0
 
   /// sector -> max weight
-  public var sectorCaps: Dictionary<String,Double> = [:]
+  public var sectorCaps: [Keel_V1_Weight] = []
 
   /// AssetClass name (e.g. "ASSET_CLASS_EQUITY") -> max weight
-  public var assetClassCaps: Dictionary<String,Double> = [:]
+  public var assetClassCaps: [Keel_V1_Weight] = []
 
   public var excludedInstruments: [String] = []
 
@@ -1022,6 +1039,41 @@ nonisolated extension Keel_V1_RiskProfile: SwiftProtobuf.Message, SwiftProtobuf.
   }
 }
 
+nonisolated extension Keel_V1_Weight: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Weight"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}weight\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.weight) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if self.weight.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.weight, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Keel_V1_Weight, rhs: Keel_V1_Weight) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.weight != rhs.weight {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Keel_V1_Mandate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Mandate"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}strategic_weights\0\u{3}max_instrument_weight\0\u{3}sector_caps\0\u{3}asset_class_caps\0\u{3}excluded_instruments\0\u{3}esg_floor\0\u{3}min_cash_weight\0\u{3}max_turnover\0\u{3}min_trade_notional\0\u{3}commission_bps\0\u{3}commission_min\0\u{3}allow_fractional\0")
@@ -1032,10 +1084,10 @@ nonisolated extension Keel_V1_Mandate: SwiftProtobuf.Message, SwiftProtobuf._Mes
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &self.strategicWeights) }()
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.strategicWeights) }()
       case 2: try { try decoder.decodeSingularDoubleField(value: &self.maxInstrumentWeight) }()
-      case 3: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &self.sectorCaps) }()
-      case 4: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &self.assetClassCaps) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.sectorCaps) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.assetClassCaps) }()
       case 5: try { try decoder.decodeRepeatedStringField(value: &self.excludedInstruments) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.esgFloor) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.minCashWeight) }()
@@ -1051,16 +1103,16 @@ nonisolated extension Keel_V1_Mandate: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
     if !self.strategicWeights.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: self.strategicWeights, fieldNumber: 1)
+      try visitor.visitRepeatedMessageField(value: self.strategicWeights, fieldNumber: 1)
     }
     if self.maxInstrumentWeight.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.maxInstrumentWeight, fieldNumber: 2)
     }
     if !self.sectorCaps.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: self.sectorCaps, fieldNumber: 3)
+      try visitor.visitRepeatedMessageField(value: self.sectorCaps, fieldNumber: 3)
     }
     if !self.assetClassCaps.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: self.assetClassCaps, fieldNumber: 4)
+      try visitor.visitRepeatedMessageField(value: self.assetClassCaps, fieldNumber: 4)
     }
     if !self.excludedInstruments.isEmpty {
       try visitor.visitRepeatedStringField(value: self.excludedInstruments, fieldNumber: 5)

@@ -25,31 +25,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keel/v1/portfolio.proto\x12\x07keel.v1\"4\n\nPricePoint\x12\x17\n\x0ftime_unix_nanos\x18\x01 \x01(\x03\x12\r\n\x05price\x18\x02 \x01(\x01\"\xf5\x02\n\nInstrument\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x0e\n\x06sector\x18\x03 \x01(\t\x12(\n\x0b\x61sset_class\x18\x04 \x01(\x0e\x32\x13.keel.v1.AssetClass\x12\x16\n\tesg_score\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08lot_size\x18\x06 \x01(\x01\x12\x33\n\x12required_knowledge\x18\x07 \x01(\x0e\x32\x17.keel.v1.KnowledgeLevel\x12\x17\n\x0fhalf_spread_bps\x18\x08 \x01(\x01\x12\x1c\n\x14\x61verage_daily_volume\x18\t \x01(\x01\x12*\n\rprice_history\x18\n \x03(\x0b\x32\x13.keel.v1.PricePoint\x12\x1b\n\x13replacement_for_tax\x18\x0b \x01(\t\x12%\n\x1dsubstantially_identical_group\x18\x0c \x01(\tB\x0c\n\n_esg_score\"W\n\x06TaxLot\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x01\x12\x13\n\x0b\x61\x63quired_on\x18\x03 \x01(\t\x12\x16\n\x0e\x63ost_per_share\x18\x04 \x01(\x01\"Q\n\x07Holding\x12\x15\n\rinstrument_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x01\x12\x1d\n\x04lots\x18\x03 \x03(\x0b\x32\x0f.keel.v1.TaxLot\"\x97\x01\n\tPortfolio\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0chousehold_id\x18\x02 \x01(\t\x12\"\n\x08holdings\x18\x03 \x03(\x0b\x32\x10.keel.v1.Holding\x12\x0c\n\x04\x63\x61sh\x18\x04 \x01(\x01\x12\x15\n\rbase_currency\x18\x05 \x01(\t\x12\x17\n\x0f\x66irst_rebalance\x18\x06 \x01(\x08\"\xc5\x01\n\x0bRiskProfile\x12\x16\n\x0erisk_tolerance\x18\x01 \x01(\x05\x12\x33\n\x11\x63\x61pacity_for_loss\x18\x02 \x01(\x0e\x32\x18.keel.v1.CapacityForLoss\x12\x15\n\rhorizon_years\x18\x03 \x01(\x05\x12*\n\tknowledge\x18\x04 \x01(\x0e\x32\x17.keel.v1.KnowledgeLevel\x12&\n\nobjectives\x18\x05 \x03(\x0e\x32\x12.keel.v1.Objective\"\xcb\x04\n\x07Mandate\x12\x41\n\x11strategic_weights\x18\x01 \x03(\x0b\x32&.keel.v1.Mandate.StrategicWeightsEntry\x12\x1d\n\x15max_instrument_weight\x18\x02 \x01(\x01\x12\x35\n\x0bsector_caps\x18\x03 \x03(\x0b\x32 .keel.v1.Mandate.SectorCapsEntry\x12>\n\x10\x61sset_class_caps\x18\x04 \x03(\x0b\x32$.keel.v1.Mandate.AssetClassCapsEntry\x12\x1c\n\x14\x65xcluded_instruments\x18\x05 \x03(\t\x12\x11\n\tesg_floor\x18\x06 \x01(\x01\x12\x17\n\x0fmin_cash_weight\x18\x07 \x01(\x01\x12\x14\n\x0cmax_turnover\x18\x08 \x01(\x01\x12\x1a\n\x12min_trade_notional\x18\t \x01(\x01\x12\x16\n\x0e\x63ommission_bps\x18\n \x01(\x01\x12\x16\n\x0e\x63ommission_min\x18\x0b \x01(\x01\x12\x18\n\x10\x61llow_fractional\x18\x0c \x01(\x08\x1a\x37\n\x15StrategicWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x31\n\x0fSectorCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x35\n\x13\x41ssetClassCapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"K\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xaa\x02\n\x05Order\x12\x15\n\rinstrument_id\x18\x01 \x01(\t\x12\x1b\n\x04side\x18\x02 \x01(\x0e\x32\r.keel.v1.Side\x12\x10\n\x08quantity\x18\x03 \x01(\x01\x12\x17\n\x0f\x65stimated_price\x18\x04 \x01(\x01\x12\x10\n\x08notional\x18\x05 \x01(\x01\x12\x16\n\x0e\x65stimated_cost\x18\x06 \x01(\x01\x12\x18\n\x10\x65xpected_benefit\x18\x07 \x01(\x01\x12$\n\x07reasons\x18\x08 \x03(\x0e\x32\x13.keel.v1.ReasonCode\x12\x32\n\x0ctop_features\x18\t \x03(\x0b\x32\x1c.keel.v1.FeatureContribution\x12\x13\n\x0b\x65xplanation\x18\n \x01(\t\x12\x0f\n\x07lot_ids\x18\x0b \x03(\t\"\x84\x01\n\x0cTargetWeight\x12\x15\n\rinstrument_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63urrent_weight\x18\x02 \x01(\x01\x12\x18\n\x10strategic_weight\x18\x03 \x01(\x01\x12\x15\n\rtarget_weight\x18\x04 \x01(\x01\x12\x14\n\x0cpolicy_score\x18\x05 \x01(\x01\"?\n\x0f\x43omplianceCheck\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"b\n\x10\x43omplianceReport\x12\x11\n\tcompliant\x18\x01 \x01(\x08\x12(\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x18.keel.v1.ComplianceCheck\x12\x11\n\tconflicts\x18\x03 \x03(\t\"h\n\x0bRiskFigures\x12\x12\n\nvolatility\x18\x01 \x01(\x01\x12\x16\n\x0etracking_error\x18\x02 \x01(\x01\x12\x15\n\rconcentration\x18\x03 \x01(\x01\x12\x16\n\x0emax_volatility\x18\x04 \x01(\x01\"9\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t*\xf2\x01\n\nAssetClass\x12\x1b\n\x17\x41SSET_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41SSET_CLASS_EQUITY\x10\x01\x12\x1c\n\x18\x41SSET_CLASS_FIXED_INCOME\x10\x02\x12\x1f\n\x1b\x41SSET_CLASS_CASH_EQUIVALENT\x10\x03\x12\x19\n\x15\x41SSET_CLASS_COMMODITY\x10\x04\x12\x1b\n\x17\x41SSET_CLASS_REAL_ESTATE\x10\x05\x12\x1b\n\x17\x41SSET_CLASS_ALTERNATIVE\x10\x06\x12\x1b\n\x17\x41SSET_CLASS_MULTI_ASSET\x10\x07*\x88\x01\n\x0eKnowledgeLevel\x12\x1f\n\x1bKNOWLEDGE_LEVEL_UNSPECIFIED\x10\x00\x12\x19\n\x15KNOWLEDGE_LEVEL_BASIC\x10\x01\x12\x1c\n\x18KNOWLEDGE_LEVEL_INFORMED\x10\x02\x12\x1c\n\x18KNOWLEDGE_LEVEL_ADVANCED\x10\x03*\xae\x01\n\x0f\x43\x61pacityForLoss\x12!\n\x1d\x43\x41PACITY_FOR_LOSS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41PACITY_FOR_LOSS_NONE\x10\x01\x12\x1d\n\x19\x43\x41PACITY_FOR_LOSS_LIMITED\x10\x02\x12!\n\x1d\x43\x41PACITY_FOR_LOSS_SIGNIFICANT\x10\x03\x12\x1a\n\x16\x43\x41PACITY_FOR_LOSS_FULL\x10\x04*\xa9\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\"\n\x1eOBJECTIVE_CAPITAL_PRESERVATION\x10\x01\x12\x14\n\x10OBJECTIVE_INCOME\x10\x02\x12\x16\n\x12OBJECTIVE_BALANCED\x10\x03\x12\x14\n\x10OBJECTIVE_GROWTH\x10\x04\x12\x19\n\x15OBJECTIVE_SPECULATION\x10\x05*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*\xd5\x02\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x15\n\x11REASON_CODE_DRIFT\x10\x01\x12\x1d\n\x19REASON_CODE_POLICY_SIGNAL\x10\x02\x12\x1a\n\x16REASON_CODE_RISK_LIMIT\x10\x03\x12\x1b\n\x17REASON_CODE_SUITABILITY\x10\x04\x12\x13\n\x0fREASON_CODE_CAP\x10\x05\x12\x1d\n\x19REASON_CODE_ESG_EXCLUSION\x10\x06\x12\x1b\n\x17REASON_CODE_CASH_TARGET\x10\x07\x12\x13\n\x0fREASON_CODE_TAX\x10\x08\x12\x19\n\x15REASON_CODE_EXCLUSION\x10\t\x12\x19\n\x15REASON_CODE_LIQUIDITY\x10\n\x12\x1f\n\x1bREASON_CODE_WASH_SALE_BLOCK\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keel/v1/portfolio.proto\x12\x07keel.v1\"4\n\nPricePoint\x12\x17\n\x0ftime_unix_nanos\x18\x01 \x01(\x03\x12\r\n\x05price\x18\x02 \x01(\x01\"\xf5\x02\n\nInstrument\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x0e\n\x06sector\x18\x03 \x01(\t\x12(\n\x0b\x61sset_class\x18\x04 \x01(\x0e\x32\x13.keel.v1.AssetClass\x12\x16\n\tesg_score\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08lot_size\x18\x06 \x01(\x01\x12\x33\n\x12required_knowledge\x18\x07 \x01(\x0e\x32\x17.keel.v1.KnowledgeLevel\x12\x17\n\x0fhalf_spread_bps\x18\x08 \x01(\x01\x12\x1c\n\x14\x61verage_daily_volume\x18\t \x01(\x01\x12*\n\rprice_history\x18\n \x03(\x0b\x32\x13.keel.v1.PricePoint\x12\x1b\n\x13replacement_for_tax\x18\x0b \x01(\t\x12%\n\x1dsubstantially_identical_group\x18\x0c \x01(\tB\x0c\n\n_esg_score\"W\n\x06TaxLot\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x01\x12\x13\n\x0b\x61\x63quired_on\x18\x03 \x01(\t\x12\x16\n\x0e\x63ost_per_share\x18\x04 \x01(\x01\"Q\n\x07Holding\x12\x15\n\rinstrument_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x01\x12\x1d\n\x04lots\x18\x03 \x03(\x0b\x32\x0f.keel.v1.TaxLot\"\x97\x01\n\tPortfolio\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0chousehold_id\x18\x02 \x01(\t\x12\"\n\x08holdings\x18\x03 \x03(\x0b\x32\x10.keel.v1.Holding\x12\x0c\n\x04\x63\x61sh\x18\x04 \x01(\x01\x12\x15\n\rbase_currency\x18\x05 \x01(\t\x12\x17\n\x0f\x66irst_rebalance\x18\x06 \x01(\x08\"\xc5\x01\n\x0bRiskProfile\x12\x16\n\x0erisk_tolerance\x18\x01 \x01(\x05\x12\x33\n\x11\x63\x61pacity_for_loss\x18\x02 \x01(\x0e\x32\x18.keel.v1.CapacityForLoss\x12\x15\n\rhorizon_years\x18\x03 \x01(\x05\x12*\n\tknowledge\x18\x04 \x01(\x0e\x32\x17.keel.v1.KnowledgeLevel\x12&\n\nobjectives\x18\x05 \x03(\x0e\x32\x12.keel.v1.Objective\"$\n\x06Weight\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xeb\x02\n\x07Mandate\x12*\n\x11strategic_weights\x18\x01 \x03(\x0b\x32\x0f.keel.v1.Weight\x12\x1d\n\x15max_instrument_weight\x18\x02 \x01(\x01\x12$\n\x0bsector_caps\x18\x03 \x03(\x0b\x32\x0f.keel.v1.Weight\x12)\n\x10\x61sset_class_caps\x18\x04 \x03(\x0b\x32\x0f.keel.v1.Weight\x12\x1c\n\x14\x65xcluded_instruments\x18\x05 \x03(\t\x12\x11\n\tesg_floor\x18\x06 \x01(\x01\x12\x17\n\x0fmin_cash_weight\x18\x07 \x01(\x01\x12\x14\n\x0cmax_turnover\x18\x08 \x01(\x01\x12\x1a\n\x12min_trade_notional\x18\t \x01(\x01\x12\x16\n\x0e\x63ommission_bps\x18\n \x01(\x01\x12\x16\n\x0e\x63ommission_min\x18\x0b \x01(\x01\x12\x18\n\x10\x61llow_fractional\x18\x0c \x01(\x08\"K\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xaa\x02\n\x05Order\x12\x15\n\rinstrument_id\x18\x01 \x01(\t\x12\x1b\n\x04side\x18\x02 \x01(\x0e\x32\r.keel.v1.Side\x12\x10\n\x08quantity\x18\x03 \x01(\x01\x12\x17\n\x0f\x65stimated_price\x18\x04 \x01(\x01\x12\x10\n\x08notional\x18\x05 \x01(\x01\x12\x16\n\x0e\x65stimated_cost\x18\x06 \x01(\x01\x12\x18\n\x10\x65xpected_benefit\x18\x07 \x01(\x01\x12$\n\x07reasons\x18\x08 \x03(\x0e\x32\x13.keel.v1.ReasonCode\x12\x32\n\x0ctop_features\x18\t \x03(\x0b\x32\x1c.keel.v1.FeatureContribution\x12\x13\n\x0b\x65xplanation\x18\n \x01(\t\x12\x0f\n\x07lot_ids\x18\x0b \x03(\t\"\x84\x01\n\x0cTargetWeight\x12\x15\n\rinstrument_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63urrent_weight\x18\x02 \x01(\x01\x12\x18\n\x10strategic_weight\x18\x03 \x01(\x01\x12\x15\n\rtarget_weight\x18\x04 \x01(\x01\x12\x14\n\x0cpolicy_score\x18\x05 \x01(\x01\"?\n\x0f\x43omplianceCheck\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"b\n\x10\x43omplianceReport\x12\x11\n\tcompliant\x18\x01 \x01(\x08\x12(\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x18.keel.v1.ComplianceCheck\x12\x11\n\tconflicts\x18\x03 \x03(\t\"h\n\x0bRiskFigures\x12\x12\n\nvolatility\x18\x01 \x01(\x01\x12\x16\n\x0etracking_error\x18\x02 \x01(\x01\x12\x15\n\rconcentration\x18\x03 \x01(\x01\x12\x16\n\x0emax_volatility\x18\x04 \x01(\x01\"9\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t*\xf2\x01\n\nAssetClass\x12\x1b\n\x17\x41SSET_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41SSET_CLASS_EQUITY\x10\x01\x12\x1c\n\x18\x41SSET_CLASS_FIXED_INCOME\x10\x02\x12\x1f\n\x1b\x41SSET_CLASS_CASH_EQUIVALENT\x10\x03\x12\x19\n\x15\x41SSET_CLASS_COMMODITY\x10\x04\x12\x1b\n\x17\x41SSET_CLASS_REAL_ESTATE\x10\x05\x12\x1b\n\x17\x41SSET_CLASS_ALTERNATIVE\x10\x06\x12\x1b\n\x17\x41SSET_CLASS_MULTI_ASSET\x10\x07*\x88\x01\n\x0eKnowledgeLevel\x12\x1f\n\x1bKNOWLEDGE_LEVEL_UNSPECIFIED\x10\x00\x12\x19\n\x15KNOWLEDGE_LEVEL_BASIC\x10\x01\x12\x1c\n\x18KNOWLEDGE_LEVEL_INFORMED\x10\x02\x12\x1c\n\x18KNOWLEDGE_LEVEL_ADVANCED\x10\x03*\xae\x01\n\x0f\x43\x61pacityForLoss\x12!\n\x1d\x43\x41PACITY_FOR_LOSS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41PACITY_FOR_LOSS_NONE\x10\x01\x12\x1d\n\x19\x43\x41PACITY_FOR_LOSS_LIMITED\x10\x02\x12!\n\x1d\x43\x41PACITY_FOR_LOSS_SIGNIFICANT\x10\x03\x12\x1a\n\x16\x43\x41PACITY_FOR_LOSS_FULL\x10\x04*\xa9\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\"\n\x1eOBJECTIVE_CAPITAL_PRESERVATION\x10\x01\x12\x14\n\x10OBJECTIVE_INCOME\x10\x02\x12\x16\n\x12OBJECTIVE_BALANCED\x10\x03\x12\x14\n\x10OBJECTIVE_GROWTH\x10\x04\x12\x19\n\x15OBJECTIVE_SPECULATION\x10\x05*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*\xd5\x02\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x15\n\x11REASON_CODE_DRIFT\x10\x01\x12\x1d\n\x19REASON_CODE_POLICY_SIGNAL\x10\x02\x12\x1a\n\x16REASON_CODE_RISK_LIMIT\x10\x03\x12\x1b\n\x17REASON_CODE_SUITABILITY\x10\x04\x12\x13\n\x0fREASON_CODE_CAP\x10\x05\x12\x1d\n\x19REASON_CODE_ESG_EXCLUSION\x10\x06\x12\x1b\n\x17REASON_CODE_CASH_TARGET\x10\x07\x12\x13\n\x0fREASON_CODE_TAX\x10\x08\x12\x19\n\x15REASON_CODE_EXCLUSION\x10\t\x12\x19\n\x15REASON_CODE_LIQUIDITY\x10\n\x12\x1f\n\x1bREASON_CODE_WASH_SALE_BLOCK\x10\x0b\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keel.v1.portfolio_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MANDATE_STRATEGICWEIGHTSENTRY']._loaded_options = None
-  _globals['_MANDATE_STRATEGICWEIGHTSENTRY']._serialized_options = b'8\001'
-  _globals['_MANDATE_SECTORCAPSENTRY']._loaded_options = None
-  _globals['_MANDATE_SECTORCAPSENTRY']._serialized_options = b'8\001'
-  _globals['_MANDATE_ASSETCLASSCAPSENTRY']._loaded_options = None
-  _globals['_MANDATE_ASSETCLASSCAPSENTRY']._serialized_options = b'8\001'
-  _globals['_ASSETCLASS']._serialized_start=2426
-  _globals['_ASSETCLASS']._serialized_end=2668
-  _globals['_KNOWLEDGELEVEL']._serialized_start=2671
-  _globals['_KNOWLEDGELEVEL']._serialized_end=2807
-  _globals['_CAPACITYFORLOSS']._serialized_start=2810
-  _globals['_CAPACITYFORLOSS']._serialized_end=2984
-  _globals['_OBJECTIVE']._serialized_start=2987
-  _globals['_OBJECTIVE']._serialized_end=3156
-  _globals['_SIDE']._serialized_start=3158
-  _globals['_SIDE']._serialized_end=3215
-  _globals['_REASONCODE']._serialized_start=3218
-  _globals['_REASONCODE']._serialized_end=3559
+  _globals['_ASSETCLASS']._serialized_start=2240
+  _globals['_ASSETCLASS']._serialized_end=2482
+  _globals['_KNOWLEDGELEVEL']._serialized_start=2485
+  _globals['_KNOWLEDGELEVEL']._serialized_end=2621
+  _globals['_CAPACITYFORLOSS']._serialized_start=2624
+  _globals['_CAPACITYFORLOSS']._serialized_end=2798
+  _globals['_OBJECTIVE']._serialized_start=2801
+  _globals['_OBJECTIVE']._serialized_end=2970
+  _globals['_SIDE']._serialized_start=2972
+  _globals['_SIDE']._serialized_end=3029
+  _globals['_REASONCODE']._serialized_start=3032
+  _globals['_REASONCODE']._serialized_end=3373
   _globals['_PRICEPOINT']._serialized_start=36
   _globals['_PRICEPOINT']._serialized_end=88
   _globals['_INSTRUMENT']._serialized_start=91
@@ -62,26 +56,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PORTFOLIO']._serialized_end=790
   _globals['_RISKPROFILE']._serialized_start=793
   _globals['_RISKPROFILE']._serialized_end=990
-  _globals['_MANDATE']._serialized_start=993
-  _globals['_MANDATE']._serialized_end=1580
-  _globals['_MANDATE_STRATEGICWEIGHTSENTRY']._serialized_start=1419
-  _globals['_MANDATE_STRATEGICWEIGHTSENTRY']._serialized_end=1474
-  _globals['_MANDATE_SECTORCAPSENTRY']._serialized_start=1476
-  _globals['_MANDATE_SECTORCAPSENTRY']._serialized_end=1525
-  _globals['_MANDATE_ASSETCLASSCAPSENTRY']._serialized_start=1527
-  _globals['_MANDATE_ASSETCLASSCAPSENTRY']._serialized_end=1580
-  _globals['_FEATURECONTRIBUTION']._serialized_start=1582
-  _globals['_FEATURECONTRIBUTION']._serialized_end=1657
-  _globals['_ORDER']._serialized_start=1660
-  _globals['_ORDER']._serialized_end=1958
-  _globals['_TARGETWEIGHT']._serialized_start=1961
-  _globals['_TARGETWEIGHT']._serialized_end=2093
-  _globals['_COMPLIANCECHECK']._serialized_start=2095
-  _globals['_COMPLIANCECHECK']._serialized_end=2158
-  _globals['_COMPLIANCEREPORT']._serialized_start=2160
-  _globals['_COMPLIANCEREPORT']._serialized_end=2258
-  _globals['_RISKFIGURES']._serialized_start=2260
-  _globals['_RISKFIGURES']._serialized_end=2364
-  _globals['_MODELREF']._serialized_start=2366
-  _globals['_MODELREF']._serialized_end=2423
+  _globals['_WEIGHT']._serialized_start=992
+  _globals['_WEIGHT']._serialized_end=1028
+  _globals['_MANDATE']._serialized_start=1031
+  _globals['_MANDATE']._serialized_end=1394
+  _globals['_FEATURECONTRIBUTION']._serialized_start=1396
+  _globals['_FEATURECONTRIBUTION']._serialized_end=1471
+  _globals['_ORDER']._serialized_start=1474
+  _globals['_ORDER']._serialized_end=1772
+  _globals['_TARGETWEIGHT']._serialized_start=1775
+  _globals['_TARGETWEIGHT']._serialized_end=1907
+  _globals['_COMPLIANCECHECK']._serialized_start=1909
+  _globals['_COMPLIANCECHECK']._serialized_end=1972
+  _globals['_COMPLIANCEREPORT']._serialized_start=1974
+  _globals['_COMPLIANCEREPORT']._serialized_end=2072
+  _globals['_RISKFIGURES']._serialized_start=2074
+  _globals['_RISKFIGURES']._serialized_end=2178
+  _globals['_MODELREF']._serialized_start=2180
+  _globals['_MODELREF']._serialized_end=2237
 # @@protoc_insertion_point(module_scope)

@@ -190,29 +190,16 @@ class RiskProfile(_message.Message):
     objectives: _containers.RepeatedScalarFieldContainer[Objective]
     def __init__(self, risk_tolerance: _Optional[int] = ..., capacity_for_loss: _Optional[_Union[CapacityForLoss, str]] = ..., horizon_years: _Optional[int] = ..., knowledge: _Optional[_Union[KnowledgeLevel, str]] = ..., objectives: _Optional[_Iterable[_Union[Objective, str]]] = ...) -> None: ...
 
+class Weight(_message.Message):
+    __slots__ = ("id", "weight")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    weight: float
+    def __init__(self, id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
 class Mandate(_message.Message):
     __slots__ = ("strategic_weights", "max_instrument_weight", "sector_caps", "asset_class_caps", "excluded_instruments", "esg_floor", "min_cash_weight", "max_turnover", "min_trade_notional", "commission_bps", "commission_min", "allow_fractional")
-    class StrategicWeightsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-    class SectorCapsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
-    class AssetClassCapsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     STRATEGIC_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     MAX_INSTRUMENT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     SECTOR_CAPS_FIELD_NUMBER: _ClassVar[int]
@@ -225,10 +212,10 @@ class Mandate(_message.Message):
     COMMISSION_BPS_FIELD_NUMBER: _ClassVar[int]
     COMMISSION_MIN_FIELD_NUMBER: _ClassVar[int]
     ALLOW_FRACTIONAL_FIELD_NUMBER: _ClassVar[int]
-    strategic_weights: _containers.ScalarMap[str, float]
+    strategic_weights: _containers.RepeatedCompositeFieldContainer[Weight]
     max_instrument_weight: float
-    sector_caps: _containers.ScalarMap[str, float]
-    asset_class_caps: _containers.ScalarMap[str, float]
+    sector_caps: _containers.RepeatedCompositeFieldContainer[Weight]
+    asset_class_caps: _containers.RepeatedCompositeFieldContainer[Weight]
     excluded_instruments: _containers.RepeatedScalarFieldContainer[str]
     esg_floor: float
     min_cash_weight: float
@@ -237,7 +224,7 @@ class Mandate(_message.Message):
     commission_bps: float
     commission_min: float
     allow_fractional: bool
-    def __init__(self, strategic_weights: _Optional[_Mapping[str, float]] = ..., max_instrument_weight: _Optional[float] = ..., sector_caps: _Optional[_Mapping[str, float]] = ..., asset_class_caps: _Optional[_Mapping[str, float]] = ..., excluded_instruments: _Optional[_Iterable[str]] = ..., esg_floor: _Optional[float] = ..., min_cash_weight: _Optional[float] = ..., max_turnover: _Optional[float] = ..., min_trade_notional: _Optional[float] = ..., commission_bps: _Optional[float] = ..., commission_min: _Optional[float] = ..., allow_fractional: _Optional[bool] = ...) -> None: ...
+    def __init__(self, strategic_weights: _Optional[_Iterable[_Union[Weight, _Mapping]]] = ..., max_instrument_weight: _Optional[float] = ..., sector_caps: _Optional[_Iterable[_Union[Weight, _Mapping]]] = ..., asset_class_caps: _Optional[_Iterable[_Union[Weight, _Mapping]]] = ..., excluded_instruments: _Optional[_Iterable[str]] = ..., esg_floor: _Optional[float] = ..., min_cash_weight: _Optional[float] = ..., max_turnover: _Optional[float] = ..., min_trade_notional: _Optional[float] = ..., commission_bps: _Optional[float] = ..., commission_min: _Optional[float] = ..., allow_fractional: _Optional[bool] = ...) -> None: ...
 
 class FeatureContribution(_message.Message):
     __slots__ = ("feature", "value", "contribution")
