@@ -85,6 +85,20 @@ keel_status keel_blas_set_threads(int n, keel_error *err) {
 
 int keel_blas_threads(void) { return openblas_get_num_threads(); }
 
+const char *keel_blas_core_name(void) {
+    const char *name = openblas_get_corename();
+    return name ? name : "unknown";
+}
+
+int keel_cpu_has_avx512(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
 /* ---- backends ----------------------------------------------------------------- */
 
 static keel_backend g_builtin = {NULL, NULL, NULL};

@@ -92,6 +92,21 @@ public enum Blas {
 
     /// The number of threads OpenBLAS currently uses. Thread-safe.
     public static var threads: Int { Int(keel_blas_threads()) }
+
+    /// The kernel set OpenBLAS uses ("Haswell", "SkylakeX", "Cooperlake", ...).
+    public static var coreName: String { String(cString: keel_blas_core_name()) }
+
+    /// Whether this CPU has AVX-512 (OpenBLAS has faster kernels for it).
+    public static var cpuHasAVX512: Bool { keel_cpu_has_avx512() != 0 }
+
+    /// A warning when OpenBLAS runs kernels older than the CPU supports, which
+    /// makes matrix products 2 to 3 times slower (benchmarks/RESULTS.md), or nil.
+    public static var kernelWarning: String? {
+        let avx512Kernels = ["skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5"]
+        guard cpuHasAVX512, !avx512Kernels.contains(coreName.lowercased()) else { return nil }
+        return "OpenBLAS uses its \(coreName) kernels on a CPU with AVX-512 (is OPENBLAS_CORETYPE set?): "
+            + "matrix products run 2 to 3 times slower than with the AVX-512 kernels"
+    }
 }
 
 /// Facts about the linked Keel core.

@@ -125,7 +125,8 @@ public final class KeelServerRunner: Sendable {
         let ports = BoundPorts(grpc: grpcPort, tcp: tcpPort, metrics: metricsPort)
         logger.info("keel serving grpc=\(host):\(grpcPort) tcp=\(host):\(tcpPort) metrics=\(host):\(metricsPort)",
                     metadata: ["models": "\(config.modelsDirectory)", "loaded": "\(loaded.count)",
-                               "blas_threads": "\(Blas.threads)"])
+                               "blas_threads": "\(Blas.threads)", "blas_core": "\(Blas.coreName)"])
+        if let warning = Blas.kernelWarning { logger.warning("\(warning)") }
         return RunningServer(ports: ports, repository: repository, service: service, gate: gate, framed: framed,
                              grpcServer: grpcServer, grpcTask: grpcTask, metricsChannel: metricsChannel,
                              watcher: watcher, logger: logger)

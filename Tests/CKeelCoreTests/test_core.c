@@ -223,6 +223,8 @@ TEST(test_null_arguments_never_crash) {
     keel_backend_free(NULL);
     keel_backend_free((keel_backend *)keel_backend_builtin());
     CHECK(strcmp(keel_backend_name(keel_backend_builtin()), "onnx-openblas") == 0, "builtin name");
+    CHECK(keel_blas_core_name() != NULL && keel_blas_core_name()[0] != '\0', "OpenBLAS core name");
+    CHECK(keel_cpu_has_avx512() == 0 || keel_cpu_has_avx512() == 1, "avx512 flag");
 }
 
 /* Build a one-node model around op; returns packed bytes. */

@@ -160,4 +160,18 @@ struct ModelTests {
         #expect(throws: KeelError.self) { try Blas.setThreads(-3) }
         #expect(throws: KeelError.self) { try Blas.setThreads(Int.max) }
     }
+
+    @Test("the OpenBLAS kernel set is reported, and a pin to older kernels on AVX-512 warns")
+    func blasKernels() {
+        #expect(!Blas.coreName.isEmpty)
+        let pinned = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"]
+        if let pinned, !pinned.isEmpty {
+            // OpenBLAS reports the kernel set the variable named.
+            #expect(Blas.coreName.lowercased() == pinned.lowercased())
+            if Blas.cpuHasAVX512, pinned.lowercased() == "haswell" {
+                #expect(Blas.kernelWarning?.contains("Haswell") == true)
+            }
+        }
+        if !Blas.cpuHasAVX512 { #expect(Blas.kernelWarning == nil) }
+    }
 }

@@ -52,6 +52,13 @@ keel_status keel_blas_set_threads(int n, keel_error *err);
 /* Threads OpenBLAS currently uses. Thread-safe. */
 int keel_blas_threads(void);
 
+/* Name of the kernel set OpenBLAS chose or was told to use (OPENBLAS_CORETYPE),
+ * e.g. "Haswell" or "Cooperlake". Static storage. Thread-safe. */
+const char *keel_blas_core_name(void);
+
+/* 1 when this CPU supports AVX-512F, else 0. Thread-safe. */
+int keel_cpu_has_avx512(void);
+
 /* ---- backends --------------------------------------------------------------- */
 
 /* The built-in ONNX/OpenBLAS backend. Static storage; never freed. Thread-safe. */
