@@ -156,7 +156,7 @@ let package = Package(
         ),
         .testTarget(
             name: "KeelCLITests",
-            dependencies: ["KeelInference"]
+            dependencies: ["KeelInference", "KeelTestSupport"]
         ),
         .testTarget(
             name: "KeelServingTests",

@@ -1,5 +1,6 @@
 import ArgumentParser
 import KeelInference
+import KeelServing
 
 struct ModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -182,7 +183,7 @@ indirect enum JSON {
         case .bool(let b): out += b ? "true" : "false"
         case .int(let n): out += String(n)
         case .uint(let n): out += String(n)
-        case .string(let s): JSON.quote(s, into: &out)
+        case .string(let s): out += jsonQuoted(s)
         case .array(let items):
             if items.isEmpty { out += "[]"; return }
             out += "[\n"
@@ -199,34 +200,13 @@ indirect enum JSON {
             out += "{\n"
             for (i, (key, value)) in unique.enumerated() {
                 out += pad
-                JSON.quote(key, into: &out)
+                out += jsonQuoted(key)
                 out += ": "
                 value.write(to: &out, indent: indent + 1)
                 out += i + 1 < unique.count ? ",\n" : "\n"
             }
             out += closePad + "}"
         }
-    }
-
-    private static func quote(_ s: String, into out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        out += "\""
     }
 }
 

@@ -196,9 +196,9 @@ public struct BenchReport: Sendable, Equatable {
     /// JSON with a fixed key order (the order below), one object, no trailing newline.
     public func renderJSON() -> String {
         var fields: [(String, String)] = [
-            ("target", jsonString(target)),
-            ("method", jsonString(method)),
-            ("mode", jsonString(mode)),
+            ("target", jsonQuoted(target)),
+            ("method", jsonQuoted(method)),
+            ("mode", jsonQuoted(mode)),
             ("requested_rate", requestedRate.map { jsonNumber($0) } ?? "null"),
             ("connections", String(connections)),
             ("concurrency", String(concurrency)),
@@ -208,19 +208,19 @@ public struct BenchReport: Sendable, Equatable {
             ("ok", String(ok)),
             ("errors", String(errors)),
         ]
-        let codes = errorsByCode.map { "\(jsonString($0.code)):\($0.count)" }.joined(separator: ",")
+        let codes = errorsByCode.map { "\(jsonQuoted($0.code)):\($0.count)" }.joined(separator: ",")
         fields.append(("errors_by_code", "{\(codes)}"))
-        fields.append(("sample_errors", "[" + sampleErrors.map(jsonString).joined(separator: ",") + "]"))
+        fields.append(("sample_errors", "[" + sampleErrors.map(jsonQuoted).joined(separator: ",") + "]"))
         fields.append(("throughput", jsonNumber(throughput)))
         let l = latencyMicros
         let latency: [(String, Double)] = [
             ("p50", l.p50), ("p90", l.p90), ("p99", l.p99), ("p99_9", l.p999), ("max", l.max), ("mean", l.mean),
             ("min", l.min),
         ]
-        fields.append(("latency_us", "{" + latency.map { "\(jsonString($0.0)):\(jsonNumber($0.1))" }.joined(separator: ",") + "}"))
+        fields.append(("latency_us", "{" + latency.map { "\(jsonQuoted($0.0)):\(jsonNumber($0.1))" }.joined(separator: ",") + "}"))
         fields.append(("late_sends", String(lateSends)))
         fields.append(("max_send_lag_us", jsonNumber(maxSendLagMicros)))
-        return "{" + fields.map { "\(jsonString($0.0)):\($0.1)" }.joined(separator: ",") + "}"
+        return "{" + fields.map { "\(jsonQuoted($0.0)):\($0.1)" }.joined(separator: ",") + "}"
     }
 }
 
@@ -235,23 +235,3 @@ func jsonNumber(_ v: Double) -> String {
     return s
 }
 
-func jsonString(_ s: String) -> String {
-    var out = "\""
-    for scalar in s.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if scalar.value < 0x20 {
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
-    return out + "\""
-}

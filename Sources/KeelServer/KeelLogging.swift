@@ -1,4 +1,5 @@
 import Foundation
+import KeelServing
 import Logging
 
 /// Structured logs on standard error: `2026-11-21T12:00:00.123Z info keel.server: message key=value`,
@@ -40,28 +41,12 @@ public struct StructuredLogHandler: LogHandler {
             var fields: [(String, String)] = [("ts", ts), ("level", "\(event.level)"), ("logger", label),
                                               ("msg", "\(event.message)")]
             for (key, value) in all.sorted(by: { $0.key < $1.key }) { fields.append((key, "\(value)")) }
-            line = "{" + fields.map { "\(Self.quote($0.0)):\(Self.quote($0.1))" }.joined(separator: ",") + "}"
+            line = "{" + fields.map { "\(jsonQuoted($0.0)):\(jsonQuoted($0.1))" }.joined(separator: ",") + "}"
         } else {
             line = "\(ts) \(event.level) \(label): \(event.message)"
             for (key, value) in all.sorted(by: { $0.key < $1.key }) { line += " \(key)=\(value)" }
         }
         line += "\n"
         FileHandle.standardError.write(Data(line.utf8))
-    }
-
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case let c where c.value < 0x20: out += String(format: "\\u%04x", c.value)
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out + "\""
     }
 }

@@ -1,42 +1,14 @@
 import Foundation
+import KeelTestSupport
 
 /// Runs the built `keel` executable as a subprocess.
 enum CLI {
-    static let packageRoot: URL = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-    static let policyModel = packageRoot.appendingPathComponent("models/policy/1/model.onnx").path
-    static let policyCSV = packageRoot.appendingPathComponent("docs/examples/policy-input.csv").path
+    static let packageRoot = TestPaths.packageRoot
+    static let policyModel = TestPaths.policyModel
+    static let policyCSV = TestPaths.policyCSV
     static var hasPolicyModel: Bool { FileManager.default.fileExists(atPath: policyModel) }
 
-    /// Directories next to the test bundle (.build/<triple>/<config>/) and above.
-    static var productDirectories: [URL] {
-        var dirs: [URL] = []
-        var starts: [String] = []
-        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { starts.append(exe) }
-        if let first = CommandLine.arguments.first { starts.append(first) }
-        starts.append(Bundle.main.bundlePath)
-        for start in starts where !start.isEmpty {
-            var url = URL(fileURLWithPath: start).resolvingSymlinksInPath().deletingLastPathComponent()
-            for _ in 0..<5 {
-                dirs.append(url)
-                url = url.deletingLastPathComponent()
-            }
-        }
-        dirs.append(packageRoot.appendingPathComponent(".build/debug"))
-        return dirs
-    }
-
-    static func product(_ name: String) -> String? {
-        for dir in productDirectories {
-            let path = dir.appendingPathComponent(name).path
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
-                return path
-            }
-        }
-        return nil
-    }
+    static func product(_ name: String) -> String? { TestPaths.product(name) }
 
     static var keel: String? { product("keel") }
     static let keelMissing = "the keel executable was not found next to the test bundle: run `swift build` first"
