@@ -11,6 +11,9 @@ import KeelServing
 struct KeelGRPCServices: RegistrableRPCService {
     let handler: any RequestHandler
     let defaultDeadline: Duration
+    /// True once the server is shutting down: Watch streams then send their
+    /// last status and end, so a graceful shutdown does not wait on them forever.
+    let isShuttingDown: @Sendable () -> Bool
 
     func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         for method in RPCMethod.allCases {
@@ -38,9 +41,11 @@ struct KeelGRPCServices: RegistrableRPCService {
                 }
             }
         }
-        // Health/Watch: the current status, then a new message whenever it changes.
+        // Health/Watch: the current status, then a new message whenever it changes,
+        // until the client leaves or the server shuts down.
         let watch = MethodDescriptor(fullyQualifiedService: "grpc.health.v1.Health", method: "Watch")
         let handler = self.handler
+        let isShuttingDown = self.isShuttingDown
         router.registerHandler(forMethod: watch, deserializer: RawBytes(), serializer: RawBytes()) { request, _ in
             var body: [UInt8] = []
             for try await message in request.messages { body = message; break }
@@ -56,7 +61,8 @@ struct KeelGRPCServices: RegistrableRPCService {
                         try await writer.write(status)
                         last = status
                     }
-                    try await Task.sleep(for: .seconds(1))
+                    if isShuttingDown() { break }
+                    try await Task.sleep(for: .milliseconds(200))
                 }
                 return [:]
             }

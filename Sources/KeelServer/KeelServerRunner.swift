@@ -90,7 +90,8 @@ public final class KeelServerRunner: Sendable {
             config: .defaults { $0.rpc.maxRequestPayloadSize = maxBytes })
         let grpcServer = GRPCServer(
             transport: transport,
-            services: [KeelGRPCServices(handler: service, defaultDeadline: config.defaultDeadline)])
+            services: [KeelGRPCServices(handler: service, defaultDeadline: config.defaultDeadline,
+                                        isShuttingDown: { gate.isDraining })])
         let grpcLogger = logger
         let grpcTask = Task {
             do {
@@ -165,6 +166,9 @@ public final class RunningServer: Sendable {
     /// their responses go out, then closes everything. Idempotent.
     public func shutdown() async {
         logger.info("shutting down: no new requests; finishing requests in flight")
+        // First refuse new work (UNAVAILABLE) and report NOT_SERVING to health
+        // watchers, which then end their streams; then close the transports.
+        gate.beginDrain()
         grpcServer.beginGracefulShutdown()
         async let framedDone: Void = framed.shutdown(gracefully: true)
         await grpcTask.value

@@ -193,3 +193,22 @@ def test_metrics_endpoint_counts_requests(server, stubs):
 
 def test_sigterm_exits_zero(server):
     assert server.stop() == 0
+
+
+def test_sigterm_with_an_open_health_watch_exits_and_ends_the_stream(server, stubs):
+    """A Watch stream never ends by itself; shutdown must not wait for it forever."""
+    import threading
+    with channel(server) as ch:
+        watch = ch.unary_stream("/grpc.health.v1.Health/Watch",
+                                request_serializer=stubs.health.HealthCheckRequest.SerializeToString,
+                                response_deserializer=stubs.health.HealthCheckResponse.FromString)
+        stream = watch(stubs.health.HealthCheckRequest(service=""), timeout=30)
+        first = next(stream)
+        assert first.status == stubs.health.HealthCheckResponse.SERVING
+        seen = []
+        reader = threading.Thread(target=lambda: seen.extend(m.status for m in stream), daemon=True)
+        reader.start()
+        assert server.stop() == 0
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "the Watch stream did not end"
+        assert seen and seen[-1] == stubs.health.HealthCheckResponse.NOT_SERVING
