@@ -53,7 +53,9 @@ public final class GRPCUnaryClient: UnaryClient {
 
     public func call(_ method: RPCMethod, request: [UInt8], timeout: Duration?) async throws(RPCStatus) -> [UInt8] {
         var options = CallOptions.defaults
-        options.timeout = timeout
+        // No timeout given: send the server's default deadline (1 s) rather than none,
+        // so a dead or half-open server cannot keep the caller waiting forever.
+        options.timeout = timeout ?? .seconds(1)
         let descriptor = Self.descriptor(method)
         do {
             if method == .publishMarketData {

@@ -101,12 +101,14 @@ public final class FramedServer: Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
+            // At most 4 reads of at most 256 KiB per read cycle: what a client can push
+            // past backpressure (see channelWritabilityChanged) stays around 1 MiB.
+            .childChannelOption(.maxMessagesPerRead, value: 4)
             // Requests of a few to a few hundred KiB (a Rebalance of 100 assets is ~21 KiB):
             // start with a 64 KiB read buffer instead of NIO's 2 KiB so a frame arrives in one read.
             .childChannelOption(.recvAllocator,
                                 value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024,
-                                                                       maximum: 1024 * 1024))
+                                                                       maximum: 256 * 1024))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let connection = FramedConnectionHandler(shared: shared)
@@ -277,6 +279,16 @@ final class FramedConnectionHandler: ChannelInboundHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+    }
+
+    /// Backpressure: while answers cannot be written (the client is not reading
+    /// them), stop reading its requests, so queued answers stay bounded by NIO's
+    /// write-buffer watermark instead of growing without end.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        _ = try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: writable)
+        if writable { context.read() }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

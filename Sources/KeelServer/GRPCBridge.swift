@@ -11,6 +11,8 @@ import KeelServing
 struct KeelGRPCServices: RegistrableRPCService {
     let handler: any RequestHandler
     let defaultDeadline: Duration
+    /// Largest request accepted, in bytes: PublishMarketData's whole stream counts.
+    let maxRequestBytes: Int
     /// True once the server is shutting down: Watch streams then send their
     /// last status and end, so a graceful shutdown does not wait on them forever.
     let isShuttingDown: @Sendable () -> Bool
@@ -21,6 +23,7 @@ struct KeelGRPCServices: RegistrableRPCService {
             let descriptor = MethodDescriptor(fullyQualifiedService: String(parts[0]), method: String(parts[1]))
             let handler = self.handler
             let defaultDeadline = self.defaultDeadline
+            let maxBytes = self.maxRequestBytes
             router.registerHandler(
                 forMethod: descriptor,
                 deserializer: RawBytes(),
@@ -29,7 +32,8 @@ struct KeelGRPCServices: RegistrableRPCService {
                 let deadline = ContinuousClock.now + (GRPCTimeout.parse(request.metadata) ?? defaultDeadline)
                 let body: [UInt8]
                 do {
-                    body = try await Self.requestBytes(for: method, from: request.messages)
+                    body = try await Self.requestBytes(for: method, from: request.messages, maxBytes: maxBytes,
+                                                       deadline: deadline)
                 } catch let status as RPCStatus {
                     return StreamingServerResponse(of: [UInt8].self, error: RPCError(status))
                 }
@@ -72,8 +76,27 @@ struct KeelGRPCServices: RegistrableRPCService {
     /// The request bytes: the single message of a unary call, or for the
     /// client-streaming PublishMarketData the stream re-encoded as one
     /// `keel.v1.PriceUpdateBatch` (field 1 repeated), without decoding.
-    static func requestBytes(for method: RPCMethod, from messages: RPCAsyncSequence<[UInt8], any Error>)
-        async throws -> [UInt8]
+    /// Reading stops at the deadline (a client that never half-closes cannot
+    /// hold the call open) and at `maxBytes` (a stream cannot grow without end).
+    static func requestBytes(for method: RPCMethod, from messages: RPCAsyncSequence<[UInt8], any Error>,
+                             maxBytes: Int, deadline: ContinuousClock.Instant) async throws -> [UInt8]
+    {
+        try await withThrowingTaskGroup(of: [UInt8]?.self) { group in
+            group.addTask { try await readRequest(for: method, from: messages, maxBytes: maxBytes) }
+            group.addTask {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let bytes = first else {
+                throw RPCStatus(.deadlineExceeded, "\(method.fullName): the request was not complete before its deadline")
+            }
+            return bytes
+        }
+    }
+
+    private static func readRequest(for method: RPCMethod, from messages: RPCAsyncSequence<[UInt8], any Error>,
+                                    maxBytes: Int) async throws -> [UInt8]
     {
         if method == .publishMarketData {
             var batch: [UInt8] = []
@@ -86,6 +109,10 @@ struct KeelGRPCServices: RegistrableRPCService {
                 }
                 batch.append(UInt8(n))
                 batch.append(contentsOf: update)
+                if batch.count > maxBytes {
+                    throw RPCStatus(.resourceExhausted, "\(method.fullName): the stream exceeds \(maxBytes) bytes; "
+                                        + "send the updates in several calls")
+                }
             }
             return batch
         }

@@ -91,6 +91,7 @@ public final class KeelServerRunner: Sendable {
         let grpcServer = GRPCServer(
             transport: transport,
             services: [KeelGRPCServices(handler: service, defaultDeadline: config.defaultDeadline,
+                                        maxRequestBytes: config.maxMessageBytes,
                                         isShuttingDown: { gate.isDraining })])
         let grpcLogger = logger
         let grpcTask = Task {
@@ -171,7 +172,14 @@ public final class RunningServer: Sendable {
         gate.beginDrain()
         grpcServer.beginGracefulShutdown()
         async let framedDone: Void = framed.shutdown(gracefully: true)
+        // Requests have their deadlines; a stream that outlives the grace period is cut.
+        let grpcTask = self.grpcTask
+        let grace = Task {
+            try? await Task.sleep(for: .seconds(10))
+            if !Task.isCancelled { grpcTask.cancel() }
+        }
         await grpcTask.value
+        grace.cancel()
         await framedDone
         await gate.drain()
         watcher.cancel()

@@ -220,7 +220,10 @@ public final class ModelRepository: Sendable {
             }
             let onDisk = versionsOnDisk(name: name).keys.max() ?? 0
             let loaded = state.withLock { $0.versions[name]?.keys.max() } ?? 0
-            let version = max(onDisk, loaded) + 1
+            let (version, overflow) = max(onDisk, loaded).addingReportingOverflow(1)
+            guard !overflow else {
+                throw ModelRepositoryError(.invalidArgument, "model '\(name)' already has the largest possible version")
+            }
             let directory = root.appendingPathComponent(name).appendingPathComponent(String(version))
             let destination = directory.appendingPathComponent(Self.modelFileName)
             let temporary = directory.appendingPathComponent(".\(Self.modelFileName).incoming")

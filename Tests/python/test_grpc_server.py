@@ -212,3 +212,22 @@ def test_sigterm_with_an_open_health_watch_exits_and_ends_the_stream(server, stu
         reader.join(timeout=10)
         assert not reader.is_alive(), "the Watch stream did not end"
         assert seen and seen[-1] == stubs.health.HealthCheckResponse.NOT_SERVING
+
+
+def test_publish_market_data_stream_is_capped_at_the_message_size_limit(tmp_path, stubs):
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models)
+    s = Server(models, "--max-message-bytes", "2048")
+    try:
+        with channel(s) as ch:
+            stub = stubs.service_grpc.RebalancerStub(ch)
+            updates = (stubs.service.PriceUpdate(instrument_id=f"INSTRUMENT-{i:05d}", price=100.0, time_unix_nanos=1)
+                       for i in range(500))  # about 17 KB in all; each message is small
+            with pytest.raises(grpc.RpcError) as e:
+                stub.PublishMarketData(updates, timeout=5)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2048" in e.value.details()
+            small = stub.PublishMarketData(iter([stubs.service.PriceUpdate(instrument_id="A", price=1.0)]), timeout=5)
+            assert small.accepted == 1
+    finally:
+        assert s.stop() == 0
