@@ -205,17 +205,20 @@ public final class ModelRepository: Sendable {
                 throw ModelRepositoryError(.notFound, "no model file \(sourcePath)")
             }
             // Validate the source first: a bad file never enters the repository.
+            // Failures are counted only for models that exist, so a client naming
+            // new models cannot create metric series without end.
+            let known = state.withLock { $0.versions[name] != nil }
             do {
                 let model = try Model(contentsOf: sourcePath)
                 _ = try ModelValidator.check(model, path: sourcePath)
             } catch let error as ModelRepositoryError {
-                metrics.loadFailure(name)
+                if known { metrics.loadFailure(name) }
                 throw error
             } catch let error as KeelError {
-                metrics.loadFailure(name)
+                if known { metrics.loadFailure(name) }
                 throw ModelRepositoryError.invalidModel(path: sourcePath, reason: Self.reason(error, path: sourcePath))
             } catch {
-                metrics.loadFailure(name)
+                if known { metrics.loadFailure(name) }
                 throw ModelRepositoryError.invalidModel(path: sourcePath, reason: "\(error)")
             }
             let onDisk = versionsOnDisk(name: name).keys.max() ?? 0
