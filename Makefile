@@ -92,7 +92,7 @@ release:
 # shipped models (gRPC :50051, framed TCP :50052, metrics :9090). Ctrl-C stops it.
 run: setup release
 	.build/release/keel model check models/policy/1/model.onnx
-	.build/release/keel serve --models models
+	.build/release/keel serve --models models --audit-db ./keel-audit.sqlite
 
 bench: setup lib
 	KEEL_LIB=$(BUILD)/libkeelcore.so $(PY) benchmarks/bench_core_vs_ort.py

@@ -4,6 +4,8 @@
 // Layers point one way (docs/ARCHITECTURE.md):
 //   CKeelABI (C plugin ABI) <- CKeelCore (C11 inference core on OpenBLAS + protobuf-c)
 //   <- KeelInference (the only Swift module that imports C)
+//   KeelPortfolio (pure domain: features, risk, constraints, orders, approvals)
+//   KeelAudit (hash-chained audit log in SQLite through GRDB)
 //   <- KeelServing (model repository, handlers; no NIO/gRPC; messages from KeelAPI)
 //   <- KeelFramedTransport (SwiftNIO), KeelServer (gRPC + composition), KeelClient
 //   <- KeelCLI (`keel`).
@@ -14,6 +16,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "keel", targets: ["KeelCLI"]),
+        .executable(name: "keel-engine-bench", targets: ["KeelEngineBench"]),
         .library(name: "KeelInference", targets: ["KeelInference"]),
         // Example plugin backend (linear models from their own file format),
         // loaded at run time with dlopen through the plugin ABI.
@@ -31,6 +34,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         .target(
@@ -75,12 +80,33 @@ let package = Package(
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
             ]
         ),
+        // The portfolio domain: feature set, risk, policy tilts, compliance
+        // guardrails, orders, explanations, approvals. Pure Swift: no NIO, no
+        // gRPC, no protobuf, no C. The policy network reaches it through the
+        // PolicyScorer protocol.
+        .target(
+            name: "KeelPortfolio"
+        ),
+        // The audit trail: an append-only, hash-chained log in SQLite (GRDB, WAL)
+        // with group commit, verification and export. No NIO, no gRPC. SHA-256
+        // from swift-crypto (BoringSSL, with the CPU's SHA extensions).
+        .target(
+            name: "KeelAudit",
+            dependencies: [
+                "KeelAPI",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         // Transport-independent serving: model repository with hot swap, request
         // handlers, admission control and deadlines. No NIO, no gRPC.
         .target(
             name: "KeelServing",
             dependencies: [
                 "KeelInference",
+                "KeelPortfolio",
+                "KeelAudit",
                 "KeelAPI",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
@@ -104,6 +130,8 @@ let package = Package(
             name: "KeelServer",
             dependencies: [
                 "KeelServing",
+                "KeelAudit",
+                "KeelPortfolio",
                 "KeelGRPC",
                 "KeelFramedTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -138,12 +166,22 @@ let package = Package(
             dependencies: [
                 "KeelInference",
                 "KeelServing",
+                "KeelAudit",
                 "KeelServer",
                 "KeelClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        // benchmarks/: the engine alone (docs in benchmarks/RESULTS.md).
+        .executableTarget(
+            name: "KeelEngineBench",
+            dependencies: [
+                "KeelInference", "KeelPortfolio", "KeelServing", "KeelClient",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "benchmarks/EngineBench"
         ),
         // Test support shared by the Swift test targets (an ONNX model writer).
         .target(
@@ -155,13 +193,25 @@ let package = Package(
             dependencies: ["KeelInference", "KeelTestSupport"]
         ),
         .testTarget(
+            name: "KeelPortfolioTests",
+            dependencies: ["KeelPortfolio"]
+        ),
+        .testTarget(
+            name: "KeelAuditTests",
+            dependencies: [
+                "KeelAudit", "KeelAPI",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        .testTarget(
             name: "KeelCLITests",
             dependencies: ["KeelInference", "KeelTestSupport"]
         ),
         .testTarget(
             name: "KeelServingTests",
             dependencies: [
-                "KeelServing", "KeelAPI", "KeelInference", "KeelTestSupport",
+                "KeelServing", "KeelAPI", "KeelInference", "KeelTestSupport", "KeelPortfolio", "KeelAudit",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]

@@ -14,7 +14,7 @@ PY=.venv/bin/python
 "$PY" -c "import grpc_tools" 2>/dev/null || { echo "grpcio-tools missing in .venv: run make setup" >&2; exit 1; }
 out=clients/python/keel_pb
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-files=(keel/v1/portfolio.proto keel/v1/service.proto grpc/health/v1/health.proto)
+files=(keel/v1/portfolio.proto keel/v1/service.proto keel/v1/audit.proto grpc/health/v1/health.proto)
 "$PY" -m grpc_tools.protoc -I proto --python_out="$tmp" --pyi_out="$tmp" --grpc_python_out="$tmp" "${files[@]}"
 version=$("$PY" -c "import importlib.metadata as m; print(m.version('grpcio-tools'))")
 rm -rf "$out"; mkdir -p "$out"

@@ -13,7 +13,7 @@ msgs=Sources/KeelAPI/Generated
 stubs=Sources/KeelGRPC/Generated
 rm -rf "$msgs" "$stubs"; mkdir -p "$msgs" "$stubs"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-files=(keel/v1/portfolio.proto keel/v1/service.proto grpc/health/v1/health.proto)
+files=(keel/v1/portfolio.proto keel/v1/service.proto keel/v1/audit.proto grpc/health/v1/health.proto)
 protoc -I proto \
   --plugin=protoc-gen-swift=tools/bin/protoc-gen-swift \
   --plugin=protoc-gen-grpc-swift-2=tools/bin/protoc-gen-grpc-swift-2 \

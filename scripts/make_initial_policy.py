@@ -36,9 +36,12 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 20261121
 HIDDEN = 64
+# Keel's feature set, in order: must equal KeelPortfolio.FeatureSet.names
+# (Sources/KeelPortfolio/FeatureSet.swift); the server refuses a policy whose
+# keel.features differ.
 FEATURES = [
-    "ret_1d", "ret_5d", "ret_21d", "ret_63d", "vol_21d", "vol_63d", "momentum_12_1", "drawdown_63d",
-    "weight_current", "weight_target", "drift", "cash_weight",
+    "ret_1d_z", "ret_5d_z", "ret_21d_z", "ret_63d_z", "momentum_z", "vol_ann", "vol_rel",
+    "drawdown_63d", "rel_ret_21d_z", "weight_current", "weight_strategic", "drift",
 ]
 LAST_LAYER_SCALE = 0.1
 
@@ -93,25 +96,25 @@ def build_model() -> onnx.ModelProto:
     return model
 
 
-# Five plausible assets on one date: trailing returns, annualised volatilities,
-# 12-1 momentum, 63-day drawdown, and portfolio weights (the five assets plus
-# 4% cash sum to 1; drift = weight_current - weight_target).
+# Five plausible assets on one date: risk-adjusted returns (log return over
+# the window / (daily volatility x sqrt(window))), momentum, annualised and
+# relative volatility, 63-day drawdown, relative 21-day return, and portfolio
+# weights (drift = weight_current - weight_strategic).
 EXAMPLE_ROWS = [
-    # ret_1d  ret_5d  ret_21d ret_63d vol_21d vol_63d mom_12_1 dd_63d  w_cur  w_tgt
-    (0.0042, 0.0115, 0.0231, 0.0614, 0.182, 0.195, 0.124, -0.031, 0.22, 0.20),
-    (-0.0068, -0.0152, 0.0087, 0.0325, 0.241, 0.228, 0.057, -0.074, 0.18, 0.20),
-    (0.0013, 0.0049, -0.0122, 0.0188, 0.126, 0.139, 0.083, -0.045, 0.25, 0.24),
-    (-0.0021, 0.0207, 0.0412, -0.0239, 0.298, 0.312, -0.041, -0.118, 0.15, 0.16),
-    (0.0007, -0.0031, 0.0059, 0.0402, 0.094, 0.101, 0.069, -0.012, 0.16, 0.16),
+    # r1z    r5z    r21z   r63z   mom_z  vol    vol_rel dd_63d  rel21z  w_cur  w_str
+    (0.37, 0.45, 0.44, 0.67, 0.58, 0.182, 0.97, -0.031, 0.27, 0.22, 0.20),
+    (-0.45, -0.45, 0.12, 0.25, 0.20, 0.241, 1.28, -0.074, -0.05, 0.18, 0.20),
+    (0.16, 0.28, -0.33, 0.30, 0.45, 0.126, 0.67, -0.045, -0.50, 0.25, 0.24),
+    (-0.11, 0.49, 0.48, -0.15, -0.20, 0.298, 1.59, -0.118, 0.31, 0.15, 0.16),
+    (0.12, -0.24, 0.22, 0.84, 0.70, 0.094, 0.50, -0.012, 0.05, 0.16, 0.16),
 ]
-CASH_WEIGHT = 0.04
 
 
 def example_csv() -> str:
     lines = [",".join(FEATURES)]
     for r in EXAMPLE_ROWS:
-        w_cur, w_tgt = r[8], r[9]
-        vals = list(r) + [round(w_cur - w_tgt, 4), CASH_WEIGHT]
+        w_cur, w_str = r[9], r[10]
+        vals = list(r) + [round(w_cur - w_str, 4)]
         lines.append(",".join(f"{v:g}" for v in vals))
     return "\n".join(lines) + "\n"
 

@@ -17,9 +17,12 @@ struct BenchCommand: AsyncParsableCommand {
             digits); the report gives p50, p90, p99, p99.9, max, mean, throughput and \
             errors by status code.
 
-            The Rebalance request is built for --assets instruments (holdings, risk \
-            profile, mandate and policy features); the feature count comes from the \
-            server's ListModels (12 when it does not say).
+            The Rebalance request is built for --assets instruments (holdings in tax \
+            lots, risk profile, mandate with caps and costs). Before measuring, \
+            --history-days daily prices per instrument are published once with \
+            PublishMarketData, so the server computes features from its market \
+            state, as in production; --inline-history sends them inside every \
+            request instead.
 
             Durations: 500us, 2ms, 1s, 1.5s, 30s, 2m.
 
@@ -64,8 +67,14 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The method to call (name, full name or framed id).", valueName: "name"))
     var method: String = "Rebalance"
 
-    @Option(help: ArgumentHelp("The model the request names, for its feature count.", valueName: "name"))
+    @Option(help: ArgumentHelp("The policy model the Rebalance request names.", valueName: "name"))
     var model: String = "policy"
+
+    @Option(name: .customLong("history-days"), help: "Daily prices per instrument for the Rebalance features.")
+    var historyDays: Int = 64
+
+    @Flag(name: .customLong("inline-history"), help: "Send the price history inside every Rebalance request.")
+    var inlineHistory = false
 
     @Option(help: ArgumentHelp("Per-request deadline sent to the server (default: the server's, 1 s).", valueName: "duration"))
     var timeout: String?
@@ -178,16 +187,24 @@ struct BenchCommand: AsyncParsableCommand {
             // Any other answer means the server is there.
         }
 
-        var features = BenchRequests.defaultFeatureCount
-        if s.method == .rebalance {
-            features = await KeelClients.featureCount(of: model, using: clients[0]) ?? features
-        }
         let request: [UInt8]
         do {
-            request = try BenchRequests.serialized(s.method, assets: assets, featureCount: features, seed: seed)
+            if s.method == .rebalance {
+                let days = max(0, historyDays)
+                var rebalance = BenchRequests.rebalance(assets: assets, historyDays: inlineHistory ? days : 0,
+                                                        seed: seed)
+                rebalance.model = model
+                if !inlineHistory && days > 0 {
+                    let history = BenchRequests.priceHistory(for: rebalance, days: days, seed: seed)
+                    _ = try await KeelClients.publish(history, using: clients[0])
+                }
+                request = try rebalance.serializedBytes()
+            } else {
+                request = try BenchRequests.serialized(s.method, assets: assets, seed: seed)
+            }
         } catch {
             for c in clients { await c.close() }
-            throw fail("cannot build the request: \(error)")
+            throw fail("cannot prepare the request: \(error)")
         }
 
         let generator = LoadGenerator()

@@ -29,9 +29,11 @@ struct Keel: AsyncParsableCommand {
               keel model check model.onnx
               keel infer --model model.onnx --input assets.csv
               keel infer --model scorer.lin --input assets.csv --backend plugin.so
+              keel audit verify --db keel-audit.sqlite
+              keel audit export --db keel-audit.sqlite --since 2026-11-01 --format jsonl
             """,
         version: "keel \(KeelCore.version)",
-        subcommands: [ModelCommand.self, Infer.self, ServeCommand.self, CallCommand.self, BenchCommand.self]
+        subcommands: [ModelCommand.self, Infer.self, ServeCommand.self, CallCommand.self, BenchCommand.self, AuditCommand.self]
     )
 }
 

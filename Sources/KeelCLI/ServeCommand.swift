@@ -55,6 +55,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("model-poll-interval-ms"), help: "How often to look for new model files (default 1000).")
     var modelPollIntervalMs: Int?
 
+    @Option(name: .customLong("audit-db"), help: "SQLite audit trail file (default ./keel-audit.sqlite).")
+    var auditDb: String?
+
+    @Option(name: .customLong("audit-sync"), help: "Audit durability: full (default; survives power loss) or normal.")
+    var auditSync: String?
+
+    @Option(name: .customLong("approval-expiry-minutes"), help: "How long a pending decision waits (default 1440).")
+    var approvalExpiryMinutes: Int?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String = "info"
 
@@ -78,6 +87,8 @@ struct ServeCommand: AsyncParsableCommand {
             ("maxConcurrentRequests", maxConcurrentRequests.map(String.init)),
             ("maxQueuedRequests", maxQueuedRequests.map(String.init)),
             ("modelPollIntervalMs", modelPollIntervalMs.map(String.init)),
+            ("auditDb", auditDb), ("auditSync", auditSync),
+            ("approvalExpiryMinutes", approvalExpiryMinutes.map(String.init)),
         ]
         for (key, value) in flags {
             if let value { try c.set(key, value, source: "--\(Self.flagName(key))") }

@@ -1,24 +1,24 @@
+import Foundation
 import KeelAPI
 import KeelServing
 import SwiftProtobuf
 
 /// Deterministic, realistic requests for `keel bench` and tests.
 ///
-/// The same seed, asset count and feature count always give the same bytes.
+/// The same seed and sizes always give the same bytes.
 public enum BenchRequests {
-    /// The shipped policy model's feature count, used when the server does not say.
-    public static let defaultFeatureCount = 12
-
     /// A serialized request of `method` sized by `assets`: a full Rebalance
-    /// request, a PriceUpdateBatch of `assets` updates for PublishMarketData,
-    /// a HealthCheckRequest for Check, and the method's empty request otherwise.
+    /// request (with `historyDays` daily prices per instrument inside it; 0
+    /// leaves the history to the server's market state), a PriceUpdateBatch
+    /// of `assets` updates for PublishMarketData, a HealthCheckRequest for
+    /// Check, and the method's empty request otherwise.
     public static func serialized(
-        _ method: RPCMethod, assets: Int, featureCount: Int = defaultFeatureCount, seed: UInt64 = 42
+        _ method: RPCMethod, assets: Int, historyDays: Int = 0, seed: UInt64 = 42
     ) throws(RPCStatus) -> [UInt8] {
         do {
             switch method {
             case .rebalance:
-                return try rebalance(assets: assets, featureCount: featureCount, seed: seed).serializedBytes()
+                return try rebalance(assets: assets, historyDays: historyDays, seed: seed).serializedBytes()
             case .publishMarketData:
                 return try priceUpdates(assets: assets, seed: seed).serializedBytes()
             case .healthCheck:
@@ -50,12 +50,12 @@ public enum BenchRequests {
     /// sectors, asset classes, ESG scores (about one in ten unrated), lot sizes,
     /// spreads and volumes; a portfolio holding about 60 % of them in tax
     /// lots; a MiFID II risk profile; a mandate with strategic weights, caps
-    /// and costs; and `assets × featureCount` policy features, row-major.
-    public static func rebalance(assets: Int, featureCount: Int = defaultFeatureCount, seed: UInt64 = 42)
+    /// and costs; and, when `historyDays` > 0, that many daily prices per
+    /// instrument (``priceHistory(for:days:)``).
+    public static func rebalance(assets: Int, historyDays: Int = 0, seed: UInt64 = 42)
         -> Keel_V1_RebalanceRequest
     {
         let n = max(1, assets)
-        let f = max(1, featureCount)
         var rng = SplitMix64(seed: seed)
         var request = Keel_V1_RebalanceRequest()
         request.requestID = "bench-\(seed)-\(n)"
@@ -89,27 +89,6 @@ public enum BenchRequests {
             instruments.append(inst)
 
             rawWeights.append(0.5 + rng.unit())
-            if rng.unit() < 0.6 {
-                var holding = Keel_V1_Holding()
-                holding.instrumentID = inst.id
-                let lots = 1 + Int(rng.next() % 3)
-                var total = 0.0
-                for l in 0..<lots {
-                    var lot = Keel_V1_TaxLot()
-                    lot.lotID = "\(inst.id)-L\(l + 1)"
-                    lot.quantity = Double(1 + rng.next() % 200) * inst.lotSize
-                    let year = 2019 + Int(rng.next() % 7)
-                    let month = 1 + Int(rng.next() % 12)
-                    let day = 1 + Int(rng.next() % 28)
-                    lot.acquiredOn = "\(year)-\(month < 10 ? "0" : "")\(month)-\(day < 10 ? "0" : "")\(day)"
-                    lot.costPerShare = (inst.price * (0.7 + rng.unit() * 0.6)).roundedTo(cents: true)
-                    total += lot.quantity
-                    holding.lots.append(lot)
-                }
-                holding.quantity = total
-                marketValue += total * inst.price
-                holdings.append(holding)
-            }
         }
         let weightSum = rawWeights.reduce(0, +)
         for (i, w) in rawWeights.enumerated() {
@@ -118,12 +97,41 @@ public enum BenchRequests {
                 $0.weight = (w / weightSum * 0.98 * 1e6).rounded() / 1e6
             })
         }
+        // Held: about 60 % of the instruments (none below the mandate's ESG
+        // floor), each within ±40 % of its strategic weight of a portfolio
+        // worth 10,000 per instrument, in 1 to 3 tax lots.
+        let value = 10_000 * Double(n)
+        for (i, inst) in instruments.enumerated() {
+            guard rng.unit() < 0.6, inst.hasEsgScore, inst.esgScore >= 20 else { continue }
+            let units = strategic[i].weight * value * (0.6 + 0.8 * rng.unit()) / inst.price
+            let totalLots = max(1, Int(units / inst.lotSize))
+            let lots = min(totalLots, 1 + Int(rng.next() % 3))
+            var holding = Keel_V1_Holding()
+            holding.instrumentID = inst.id
+            var total = 0.0
+            for l in 0..<lots {
+                var lot = Keel_V1_TaxLot()
+                lot.lotID = "\(inst.id)-L\(l + 1)"
+                let share = l == lots - 1 ? totalLots - (totalLots / lots) * (lots - 1) : totalLots / lots
+                lot.quantity = Double(share) * inst.lotSize
+                let year = 2019 + Int(rng.next() % 7)
+                let month = 1 + Int(rng.next() % 12)
+                let day = 1 + Int(rng.next() % 28)
+                lot.acquiredOn = "\(year)-\(month < 10 ? "0" : "")\(month)-\(day < 10 ? "0" : "")\(day)"
+                lot.costPerShare = (inst.price * (0.7 + rng.unit() * 0.6)).roundedTo(cents: true)
+                total += lot.quantity
+                holding.lots.append(lot)
+            }
+            holding.quantity = total
+            marketValue += total * inst.price
+            holdings.append(holding)
+        }
 
         var portfolio = Keel_V1_Portfolio()
         portfolio.accountID = "ACC-\(seed)"
         portfolio.householdID = "HH-\(seed)"
         portfolio.holdings = holdings
-        portfolio.cash = (max(10_000, marketValue * 0.03)).roundedTo(cents: true)
+        portfolio.cash = max(value - marketValue, value * 0.03).roundedTo(cents: true)
         portfolio.baseCurrency = "EUR"
         portfolio.firstRebalance = false
 
@@ -136,7 +144,7 @@ public enum BenchRequests {
 
         var mandate = Keel_V1_Mandate()
         mandate.strategicWeights = strategic
-        mandate.maxInstrumentWeight = max(0.10, 2.0 / Double(n))
+        mandate.maxInstrumentWeight = min(1, max(0.10, 2.0 / Double(n)))
         mandate.sectorCaps = sectors.map { sector in .with { $0.id = sector; $0.weight = 0.35 } }
         mandate.assetClassCaps = [
             ("ASSET_CLASS_EQUITY", 0.75), ("ASSET_CLASS_FIXED_INCOME", 0.6), ("ASSET_CLASS_COMMODITY", 0.1),
@@ -144,23 +152,63 @@ public enum BenchRequests {
         ].map { name, cap in .with { $0.id = name; $0.weight = cap } }
         mandate.esgFloor = 20
         mandate.minCashWeight = 0.01
-        mandate.maxTurnover = 0.2
+        mandate.maxTurnover = 0.3
         mandate.minTradeNotional = 100
         mandate.commissionBps = 2
         mandate.commissionMin = 1
-
-        var features: [Float] = []
-        features.reserveCapacity(n * f)
-        for _ in 0..<(n * f) {
-            features.append(Float(rng.unit() * 0.2 - 0.1))
-        }
 
         request.portfolio = portfolio
         request.instruments = instruments
         request.riskProfile = profile
         request.mandate = mandate
-        request.features = features
+        if historyDays > 0 {
+            let history = priceHistory(for: request, days: historyDays, seed: seed)
+            var byID: [String: [Keel_V1_PricePoint]] = [:]
+            for update in history.updates {
+                byID[update.instrumentID, default: []].append(.with {
+                    $0.price = update.price
+                    $0.timeUnixNanos = update.timeUnixNanos
+                })
+            }
+            for i in request.instruments.indices {
+                request.instruments[i].priceHistory = byID[request.instruments[i].id] ?? []
+            }
+        }
         return request
+    }
+
+    static let nanosPerDay: Int64 = 86_400 * 1_000_000_000
+
+    /// Daily prices for every instrument of `request`: a geometric random
+    /// walk (annualised volatility 10 % to 40 % per instrument) of `days`
+    /// closes ending at the instrument's price on the request's as-of day,
+    /// oldest first, as one PublishMarketData batch.
+    public static func priceHistory(for request: Keel_V1_RebalanceRequest, days: Int, seed: UInt64 = 42)
+        -> Keel_V1_PriceUpdateBatch
+    {
+        var rng = SplitMix64(seed: seed ^ 0x5EED_0F_D1CE)
+        var batch = Keel_V1_PriceUpdateBatch()
+        let count = max(1, days)
+        let end = request.asOfUnixNanos > 0 ? request.asOfUnixNanos : 1_795_000_000_000_000_000
+        batch.updates.reserveCapacity(count * request.instruments.count)
+        for instrument in request.instruments {
+            let daily = (0.10 + rng.unit() * 0.30) / 252.0.squareRoot()
+            var prices = [Double](repeating: instrument.price, count: count)
+            for k in stride(from: count - 2, through: 0, by: -1) {
+                // Box-Muller normal step, walking backwards from today's price.
+                let u1 = max(rng.unit(), 1e-12), u2 = rng.unit()
+                let z = (-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2)
+                prices[k] = (prices[k + 1] / Foundation.exp(daily * z) * 100).rounded() / 100
+            }
+            for k in 0..<count {
+                batch.updates.append(.with {
+                    $0.instrumentID = instrument.id
+                    $0.price = max(0.01, prices[k])
+                    $0.timeUnixNanos = end - Int64(count - 1 - k) * nanosPerDay
+                })
+            }
+        }
+        return batch
     }
 
     /// A batch of `assets` price updates, one per instrument.

@@ -21,32 +21,23 @@ public enum KeelClients {
         }
     }
 
-    /// Asks the server for its models (ListModels) and returns the feature
-    /// count of the serving version of `model` (by name, else the first model
-    /// of kind `policy` when `model` is "policy"); nil when the server does
-    /// not say (the caller falls back to its default).
-    public static func featureCount(
-        of model: String, using client: any UnaryClient, timeout: Duration? = .seconds(5)
-    ) async -> Int? {
+    /// Publishes `batch` (PublishMarketData) and returns how many updates
+    /// the server accepted, or throws its status.
+    public static func publish(_ batch: Keel_V1_PriceUpdateBatch, using client: any UnaryClient,
+                               timeout: Duration? = .seconds(30)) async throws(RPCStatus) -> Int64
+    {
         let request: [UInt8]
-        do {
-            request = try Keel_V1_ListModelsRequest().serializedBytes()
-        } catch {
-            return nil
+        do { request = try batch.serializedBytes() } catch {
+            throw RPCStatus(.internal, "cannot serialize the price updates: \(error)")
         }
-        guard let bytes = try? await client.call(.listModels, request: request, timeout: timeout),
-              let response = try? Keel_V1_ListModelsResponse(serializedBytes: bytes)
-        else { return nil }
-        return featureCount(of: model, in: response)
-    }
-
-    /// The pure part of ``featureCount(of:using:timeout:)``.
-    public static func featureCount(of model: String, in response: Keel_V1_ListModelsResponse) -> Int? {
-        let named = response.models.filter { $0.ref.name == model }
-        let candidates = named.isEmpty && model == "policy"
-            ? response.models.filter { $0.kind == "policy" } : named
-        let chosen = candidates.first(where: \.serving) ?? candidates.max(by: { $0.ref.version < $1.ref.version })
-        guard let info = chosen, !info.features.isEmpty else { return nil }
-        return info.features.count
+        let bytes = try await client.call(.publishMarketData, request: request, timeout: timeout)
+        guard let response = try? Keel_V1_PublishMarketDataResponse(serializedBytes: bytes) else {
+            throw RPCStatus(.internal, "cannot decode the PublishMarketData response")
+        }
+        if response.rejected > 0 {
+            throw RPCStatus(.invalidArgument, "the server rejected \(response.rejected) price updates: "
+                + response.errors.joined(separator: "; "))
+        }
+        return response.accepted
     }
 }

@@ -23,6 +23,9 @@ extension ServerConfig {
         ("maxQueuedRequests", "KEEL_MAX_QUEUED_REQUESTS", "requests waiting before RESOURCE_EXHAUSTED"),
         ("modelPollIntervalMs", "KEEL_MODEL_POLL_INTERVAL_MS", "how often to look for new model files"),
         ("blasThreads", "KEEL_BLAS_THREADS", "OpenBLAS threads per product"),
+        ("auditDb", "KEEL_AUDIT_DB", "SQLite audit trail file"),
+        ("auditSync", "KEEL_AUDIT_SYNC", "audit durability: full or normal"),
+        ("approvalExpiryMinutes", "KEEL_APPROVAL_EXPIRY_MINUTES", "how long a pending decision waits"),
     ]
 
     /// Applies a JSON object of settings (a config file). Unknown keys and
@@ -73,6 +76,15 @@ extension ServerConfig {
         case "maxQueuedRequests": maxQueuedRequests = try int(0...1_000_000)
         case "modelPollIntervalMs": modelPollInterval = .milliseconds(try int(10...3_600_000))
         case "blasThreads": blasThreads = try int(1...1024)
+        case "auditDb":
+            guard !text.isEmpty else { throw ConfigError("\(source) must not be empty") }
+            auditDatabase = text
+        case "auditSync":
+            guard text == "full" || text == "normal" else {
+                throw ConfigError("\(source) must be full or normal, got '\(text)'")
+            }
+            auditSync = text
+        case "approvalExpiryMinutes": approvalExpiry = .seconds(60 * (try int(1...525_600)))
         default:
             let known = Self.settings.map(\.key).joined(separator: ", ")
             throw ConfigError("\(source): unknown setting (known: \(known))")

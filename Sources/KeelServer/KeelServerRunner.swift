@@ -3,6 +3,8 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import KeelFramedTransport
 import KeelInference
+import KeelAudit
+import KeelPortfolio
 import KeelServing
 import Logging
 import NIOCore
@@ -73,14 +75,32 @@ public final class KeelServerRunner: Sendable {
                                                          "reason": "\(failure.reason)"])
         }
         let gate = RequestGate(maxConcurrent: config.maxConcurrentRequests, maxQueued: config.maxQueuedRequests)
-        let service = KeelService(repository: repository, gate: gate, logger: Logger(label: "keel.service"))
+        let audit: AuditLog
+        let service: KeelService
+        do throws(AuditError) {
+            audit = try AuditLog(path: config.auditDatabase, durability: config.auditSync == "normal" ? .normal : .full)
+            var rules = ApprovalRules()
+            rules.expiry = config.approvalExpiry
+            service = try KeelService(repository: repository, gate: gate, audit: audit, approvalRules: rules,
+                                      logger: Logger(label: "keel.service"))
+        } catch {
+            throw ServerStartError("audit trail '\(config.auditDatabase)': \(error)")
+        }
+        logger.info("audit trail open", metadata: ["path": "\(config.auditDatabase)", "records": "\(audit.count)",
+                                                   "sync": "\(config.auditSync)"])
 
         let framed = FramedServer(
             handler: service,
             configuration: .init(host: host, port: config.tcpPort, maxMessageBytes: config.maxMessageBytes,
                                  defaultDeadline: config.defaultDeadline),
             logger: Logger(label: "keel.framed"))
-        let tcpPort = try await framed.start()
+        let tcpPort: Int
+        do {
+            tcpPort = try await framed.start()
+        } catch {
+            audit.close()
+            throw error
+        }
 
         let address: GRPCNIOTransportCore.SocketAddress = host.contains(":")
             ? .ipv6(host: host, port: config.grpcPort) : .ipv4(host: host, port: config.grpcPort)
@@ -108,6 +128,7 @@ public final class KeelServerRunner: Sendable {
         } catch {
             await framed.shutdown(gracefully: false)
             grpcTask.cancel()
+            audit.close()
             throw ServerStartError("cannot listen for gRPC on \(host):\(config.grpcPort): \(error)")
         }
 
@@ -117,6 +138,7 @@ public final class KeelServerRunner: Sendable {
         } catch {
             grpcServer.beginGracefulShutdown()
             await framed.shutdown(gracefully: false)
+            audit.close()
             throw ServerStartError("cannot listen for metrics on \(host):\(config.metricsPort): \(error)")
         }
         let metricsPort = metricsChannel.localAddress?.port ?? config.metricsPort
@@ -185,6 +207,7 @@ public final class RunningServer: Sendable {
         watcher.cancel()
         await watcher.value
         try? await metricsChannel.close()
+        service.audit?.close()
         logger.info("stopped")
     }
 }

@@ -19,6 +19,13 @@ public struct ServerConfig: Sendable, Equatable {
     public var modelPollInterval: Duration = .seconds(1)
     /// Threads OpenBLAS may use per product (1: parallelism comes from requests).
     public var blasThreads = 1
+    /// The SQLite audit trail (created when missing).
+    public var auditDatabase = "./keel-audit.sqlite"
+    /// SQLite `synchronous` for the audit trail: full (survives power loss)
+    /// or normal (survives a process crash; faster).
+    public var auditSync = "full"
+    /// How long a decision waits for an advisor before it expires.
+    public var approvalExpiry: Duration = .seconds(24 * 3600)
 
     public init() {}
 }

@@ -1,8 +1,11 @@
 import KeelAPI
+import KeelAudit
 import KeelInference
+import KeelPortfolio
 import Logging
 import Metrics
 import SwiftProtobuf
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -35,22 +38,33 @@ public final class KeelService: RequestHandler {
     public let marketState: MarketState
     /// The model Rebalance uses when the request names none.
     public let defaultPolicyModel: String
+    /// The rebalancing engine (pure domain).
+    public let engine: RebalanceEngine
+    /// The audit trail; nil runs without one (tests and tools only: `keel
+    /// serve` always has one). Every decision and approval event is
+    /// committed to it before its response is sent.
+    public let audit: AuditLog?
+    public let approvalRules: ApprovalRules
+    /// Decisions waiting for an advisor.
+    public let approvals = ApprovalBook<Keel_V1_RebalanceResponse>()
+    /// Accounts with at least one decision (the "first rebalance" rule).
+    private let accountsSeen: Mutex<Set<String>>
     private let logger: Logger
     private let metrics: ServiceMetrics
 
-    /// What Rebalance says about itself until the engine lands (issue 4).
-    public static let engineNote =
-        "engine not implemented yet (issue 4): target weights are a softmax of the policy's raw scores; "
-        + "no constraints, orders, compliance or audit"
-
     public init(repository: ModelRepository, gate: RequestGate, marketState: MarketState = MarketState(),
-                defaultPolicyModel: String = "policy", logger: Logger? = nil,
-                metricsFactory: (any MetricsFactory)? = nil)
+                defaultPolicyModel: String = "policy", engine: RebalanceEngine = RebalanceEngine(),
+                audit: AuditLog? = nil, approvalRules: ApprovalRules = ApprovalRules(), logger: Logger? = nil,
+                metricsFactory: (any MetricsFactory)? = nil) throws(AuditError)
     {
         self.repository = repository
         self.gate = gate
         self.marketState = marketState
         self.defaultPolicyModel = defaultPolicyModel
+        self.engine = engine
+        self.audit = audit
+        self.approvalRules = approvalRules
+        self.accountsSeen = Mutex(try audit?.accountsWithDecisions() ?? [])
         self.logger = logger ?? Logger(label: "keel.service")
         self.metrics = ServiceMetrics(factory: metricsFactory ?? MetricsSystem.factory)
     }
@@ -65,7 +79,7 @@ public final class KeelService: RequestHandler {
         switch method {
         case .rebalance:
             result = await serve(m, request, Keel_V1_RebalanceRequest.self) { r throws(RPCStatus) in
-                try await self.performRebalance(r, deadline: deadline)
+                try await self.performRebalance(r, bytes: request, deadline: deadline)
             }
         case .harvestTaxLosses:
             result = await serve(m, request, Keel_V1_HarvestTaxLossesRequest.self) { r throws(RPCStatus) in
@@ -93,11 +107,11 @@ public final class KeelService: RequestHandler {
             }
         case .listPending:
             result = await serve(m, request, Keel_V1_ListPendingRequest.self) { r throws(RPCStatus) in
-                try self.performListPending(r)
+                try await self.performListPending(r, deadline: deadline)
             }
         case .decide:
             result = await serve(m, request, Keel_V1_DecideRequest.self) { r throws(RPCStatus) in
-                try self.performDecide(r)
+                try await self.performDecide(r, deadline: deadline)
             }
         case .healthCheck:
             result = await serve(m, request, Grpc_Health_V1_HealthCheckRequest.self) { r throws(RPCStatus) in
@@ -149,7 +163,7 @@ public final class KeelService: RequestHandler {
         async throws(RPCStatus) -> Keel_V1_RebalanceResponse
     {
         try await counted(.rebalance) { () async throws(RPCStatus) in
-            try await performRebalance(request, deadline: deadline)
+            try await performRebalance(request, bytes: nil, deadline: deadline)
         }
     }
 
@@ -204,14 +218,16 @@ public final class KeelService: RequestHandler {
     public func listPending(_ request: Keel_V1_ListPendingRequest, deadline: ContinuousClock.Instant)
         async throws(RPCStatus) -> Keel_V1_ListPendingResponse
     {
-        try await counted(.listPending) { () async throws(RPCStatus) in try performListPending(request) }
+        try await counted(.listPending) { () async throws(RPCStatus) in
+            try await performListPending(request, deadline: deadline)
+        }
     }
 
     /// keel.v1.Approvals/Decide (issue 4).
     public func decide(_ request: Keel_V1_DecideRequest, deadline: ContinuousClock.Instant)
         async throws(RPCStatus) -> Keel_V1_DecideResponse
     {
-        try await counted(.decide) { () async throws(RPCStatus) in try performDecide(request) }
+        try await counted(.decide) { () async throws(RPCStatus) in try await performDecide(request, deadline: deadline) }
     }
 
     /// grpc.health.v1.Health/Check.
@@ -237,24 +253,79 @@ public final class KeelService: RequestHandler {
 
     // MARK: - Rebalance
 
-    private func performRebalance(_ request: Keel_V1_RebalanceRequest, deadline: ContinuousClock.Instant)
+    /// Runs the engine through the gate, settles approval, then commits the
+    /// audit record; only then is the response returned.
+    private func performRebalance(_ request: Keel_V1_RebalanceRequest, bytes: [UInt8]?,
+                                  deadline: ContinuousClock.Instant)
         async throws(RPCStatus) -> Keel_V1_RebalanceResponse
     {
         let m = metrics[.rebalance]
         let arrived = ContinuousClock.now
-        return try await gate.run(deadline: deadline) { () throws(RPCStatus) -> Keel_V1_RebalanceResponse in
+        let (decided, record, pending) = try await gate.run(deadline: deadline) {
+            () throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, [String]) in
             let start = ContinuousClock.now
             m.queue.record(from: arrived, to: start)
-            let response = try self.rebalanceNow(request)
+            let result = try self.rebalanceNow(request, bytes: bytes, arrived: arrived)
             m.inference.record(from: start, to: .now)
-            return response
+            return result
+        }
+        var response = decided
+        let account = request.portfolio.accountID
+        if let audit, let record {
+            let payload: [UInt8]
+            do { payload = try record.serializedBytes() } catch {
+                throw RPCStatus(.internal, "cannot encode the audit record: \(error)")
+            }
+            do throws(AuditError) {
+                let receipt = try await audit.append(AuditEntry(kind: .decision, accountID: account,
+                                                                decisionID: response.decisionID, payload: payload))
+                response.auditRecordHash = receipt.hash
+            } catch {
+                logger.error("audit append failed; the decision is not answered",
+                             metadata: ["decision_id": "\(response.decisionID)", "error": "\(error)"])
+                throw RPCStatus(error.code == .queueFull ? .resourceExhausted : .unavailable,
+                                "the audit trail could not record the decision: \(error)")
+            }
+        }
+        // Only a recorded decision exists: it may now wait for approval and
+        // count as the account's first.
+        if !pending.isEmpty {
+            approvals.add(approvalID: response.approvalID, decisionID: response.decisionID, accountID: account,
+                          triggeredRules: pending, proposal: response, nowUnixNanos: MarketState.nowUnixNanos(),
+                          expiry: approvalRules.expiry)
+        }
+        if !account.isEmpty { _ = accountsSeen.withLock { $0.insert(account) } }
+        if audit != nil, ContinuousClock.now > deadline {
+            throw RPCStatus(.deadlineExceeded,
+                            "deadline exceeded: the decision was recorded (\(response.decisionID)) after the deadline")
+        }
+        return response
+    }
+
+    /// Adapts a served policy model to the engine's scorer.
+    struct ModelScorer: PolicyScorer {
+        let model: LoadedModel
+        var featureNames: [String] { model.featureNames }
+
+        func scores(_ features: [Float], rows: Int) throws -> [Float] {
+            let outputs = try model.withSession { session in try session.run(features: features, rows: rows) }
+            guard let t = outputs.first, t.shape.first == rows, rows > 0, t.values.count % rows == 0 else {
+                throw RPCStatus(.internal, "model '\(model.name)' v\(model.version) returned output shape "
+                    + "\(outputs.first?.shape ?? []) for \(rows) rows; expected one score per row")
+            }
+            let stride = t.values.count / rows
+            if stride == 1 { return t.values }
+            return (0..<rows).map { t.values[$0 * stride] }
         }
     }
 
-    /// Engine-less Rebalance: the policy's raw score per instrument and a
-    /// softmax of the scores as target weights. No lock is held while the
-    /// model runs (the session is checked out of the model's pool).
-    private func rebalanceNow(_ request: Keel_V1_RebalanceRequest) throws(RPCStatus) -> Keel_V1_RebalanceResponse {
+    /// The decision and its audit record. No lock is held while the model
+    /// runs (sessions are checked out of the model's pool).
+    /// Also returns the approval rules the decision triggered (empty:
+    /// executable as it is).
+    private func rebalanceNow(_ request: Keel_V1_RebalanceRequest, bytes: [UInt8]?, arrived: ContinuousClock.Instant)
+        throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, [String])
+    {
         let name = request.model.isEmpty ? defaultPolicyModel : request.model
         guard let model = repository.serving(name: name) else {
             throw RPCStatus(.failedPrecondition, "no model '\(name)' is loaded")
@@ -263,84 +334,161 @@ public final class KeelService: RequestHandler {
             throw RPCStatus(.failedPrecondition,
                             "model '\(name)' is a \(model.kind) model; Rebalance needs a policy model")
         }
-        let instruments = request.instruments
-        let rows = instruments.count
-        guard rows > 0 else { throw RPCStatus(.invalidArgument, "the request has no instruments") }
-        let width = model.featureCount
-        let features = request.features
-        let (expected, overflow) = rows.multipliedReportingOverflow(by: width)
-        guard !overflow, features.count == expected else {
-            throw RPCStatus(.invalidArgument,
-                            "the request has \(features.count) features for \(rows) instruments; model '\(name)' "
-                                + "v\(model.version) takes \(width) per instrument (\(expected) expected, "
-                                + "row-major in keel.features order)")
-        }
-        if let bad = features.firstIndex(where: { !$0.isFinite }) {
-            let column = bad % width
-            throw RPCStatus(.invalidArgument,
-                            "feature '\(model.featureNames[column])' of instrument \(bad / width) "
-                                + "('\(instruments[bad / width].id)') is not finite (\(features[bad]))")
-        }
-        if let blank = instruments.firstIndex(where: { $0.id.isEmpty }) {
-            throw RPCStatus(.invalidArgument, "instrument \(blank) has an empty id")
-        }
-
-        let outputs: [Tensor]
-        do {
-            outputs = try model.withSession { session in try session.run(features: features, rows: rows) }
+        let engineStart = ContinuousClock.now
+        let (input, marketTime) = try RebalanceMapping.input(request, market: marketState)
+        let decision: RebalanceDecision
+        do throws(EngineError) {
+            decision = try engine.rebalance(input, policy: ModelScorer(model: model))
         } catch {
-            logger.error("inference failed", metadata: ["model": "\(name)", "version": "\(model.version)",
-                                                        "error": "\(error)"])
-            throw RPCStatus(.internal, "inference with model '\(name)' v\(model.version) failed: \(error)")
-        }
-        guard let scoreTensor = outputs.first, scoreTensor.shape.first == rows, scoreTensor.values.count >= rows,
-              scoreTensor.values.count % rows == 0
-        else {
-            throw RPCStatus(.internal, "model '\(name)' v\(model.version) returned output shape "
-                + "\(outputs.first?.shape ?? []) for \(rows) instruments; expected one score per instrument")
-        }
-        let scores = scoreTensor.values
-        let stride = scores.count / rows
-
-        var response = Keel_V1_RebalanceResponse()
-        try withUnsafeTemporaryAllocation(of: Double.self, capacity: rows) { weights throws(RPCStatus) in
-            // Softmax over instruments, shifted by the maximum for stability.
-            var highest = -Double.infinity
-            for i in 0..<rows {
-                let score = Double(scores[i &* stride])
-                guard score.isFinite else {
-                    throw RPCStatus(.invalidArgument,
-                                    "model '\(name)' v\(model.version) gave a non-finite score for instrument "
-                                        + "'\(instruments[i].id)'; check the features' scale")
-                }
-                highest = Swift.max(highest, score)
+            switch error.code {
+            case .invalidInput: throw RPCStatus(.invalidArgument, error.message)
+            case .policyFailed:
+                logger.error("policy failed", metadata: ["model": "\(name)", "version": "\(model.version)",
+                                                         "error": "\(error)"])
+                throw RPCStatus(.internal, "model '\(name)' v\(model.version): \(error.message)")
             }
-            var total = 0.0
-            for i in 0..<rows {
-                let e = exp(Double(scores[i &* stride]) - highest)
-                weights[i] = e
-                total += e
-            }
-            var targets: [Keel_V1_TargetWeight] = []
-            targets.reserveCapacity(rows)
-            for i in 0..<rows {
-                var target = Keel_V1_TargetWeight()
-                target.instrumentID = instruments[i].id
-                target.policyScore = Double(scores[i &* stride])
-                target.targetWeight = weights[i] / total
-                targets.append(target)
-            }
-            response.targets = targets
         }
+        let engineTime = ContinuousClock.now - engineStart
+        var response = RebalanceMapping.response(decision)
         response.requestID = request.requestID
         response.decisionID = DecisionID.make()
-        response.status = .noTrade
         response.model = model.ref
-        response.note = Self.engineNote
+        response.marketStateUnixNanos = marketTime
+        response.engineNanos = Self.nanos(engineTime)
+
+        // Human in the loop.
+        let account = request.portfolio.accountID
+        let first = request.portfolio.firstRebalance
+            || (!account.isEmpty && !accountsSeen.withLock { $0.contains(account) })
+        let triggered = approvalRules.triggered(by: decision, firstRebalance: first)
+        if !triggered.isEmpty {
+            response.status = .pendingApproval
+            response.approvalID = DecisionID.make()
+            response.summary += " These trades wait for an advisor's approval (approval id \(response.approvalID)) "
+                + "because: " + triggered.joined(separator: "; ") + "."
+        }
+
+        guard audit != nil else { return (response, nil, triggered) }
+        var record = Keel_V1_DecisionRecord()
+        if let bytes {
+            record.requestDigest = AuditDigest.sha256Hex(bytes)
+        } else if let encoded: [UInt8] = try? request.serializedBytes() {
+            record.requestDigest = AuditDigest.sha256Hex(encoded)
+        }
+        record.requestID = request.requestID
+        record.portfolio = request.portfolio
+        record.riskProfile = request.riskProfile
+        record.mandate = request.mandate
+        record.prices = input.instruments.map { instrument in
+            var w = Keel_V1_Weight()
+            w.id = instrument.id
+            w.weight = instrument.price
+            return w
+        }
+        record.marketStateUnixNanos = marketTime
+        record.response = response
+        record.latencyNanos = Self.nanos(ContinuousClock.now - arrived)
+        return (response, record, triggered)
+    }
+
+    static func nanos(_ d: Duration) -> Int64 {
+        let (seconds, attos) = d.components
+        return seconds &* 1_000_000_000 &+ attos / 1_000_000_000
+    }
+
+    // MARK: - Approvals
+
+    /// Expires what is due, recording each expiry in the audit trail.
+    private func expireApprovals() async throws(RPCStatus) {
+        let expired = approvals.expire(nowUnixNanos: MarketState.nowUnixNanos())
+        for (k, entry) in expired.enumerated() {
+            do throws(RPCStatus) {
+                try await auditApproval(entry, event: .expired)
+            } catch {
+                // Not recorded: not expired either (the next call tries again).
+                for unrecorded in expired[k...] { approvals.revert(approvalID: unrecorded.approvalID) }
+                throw error
+            }
+        }
+    }
+
+    @discardableResult
+    private func auditApproval(_ entry: ApprovalBook<Keel_V1_RebalanceResponse>.Entry, event: Keel_V1_ApprovalEvent)
+        async throws(RPCStatus) -> String
+    {
+        guard let audit else { return "" }
+        var record = Keel_V1_ApprovalRecord()
+        record.approvalID = entry.approvalID
+        record.decisionID = entry.decisionID
+        record.accountID = entry.accountID
+        record.event = event
+        record.advisorID = entry.advisorID
+        record.comment = entry.comment
+        record.decidedUnixNanos = entry.decidedUnixNanos
+        let payload: [UInt8]
+        do { payload = try record.serializedBytes() } catch {
+            throw RPCStatus(.internal, "cannot encode the approval record: \(error)")
+        }
+        do throws(AuditError) {
+            return try await audit.append(AuditEntry(kind: .approval, accountID: entry.accountID,
+                                                     decisionID: entry.decisionID, payload: payload)).hash
+        } catch {
+            throw RPCStatus(error.code == .queueFull ? .resourceExhausted : .unavailable,
+                            "the audit trail could not record the approval event: \(error)")
+        }
+    }
+
+    private func performListPending(_ request: Keel_V1_ListPendingRequest, deadline: ContinuousClock.Instant)
+        async throws(RPCStatus) -> Keel_V1_ListPendingResponse
+    {
+        try admitLight(deadline)
+        try await expireApprovals()
+        var response = Keel_V1_ListPendingResponse()
+        response.pending = approvals.pending(accountID: request.accountID).map { entry in
+            var p = Keel_V1_PendingDecision()
+            p.approvalID = entry.approvalID
+            p.decisionID = entry.decisionID
+            p.accountID = entry.accountID
+            p.triggeredRules = entry.triggeredRules
+            p.proposal = entry.proposal
+            p.createdUnixNanos = entry.createdUnixNanos
+            p.expiresUnixNanos = entry.expiresUnixNanos
+            return p
+        }
         return response
     }
 
-    // MARK: - Not yet implemented (issues 4 and 6)
+    private func performDecide(_ request: Keel_V1_DecideRequest, deadline: ContinuousClock.Instant)
+        async throws(RPCStatus) -> Keel_V1_DecideResponse
+    {
+        try admitLight(deadline)
+        try await expireApprovals()
+        let entry: ApprovalBook<Keel_V1_RebalanceResponse>.Entry
+        do throws(ApprovalError) {
+            entry = try approvals.decide(approvalID: request.approvalID, approve: request.approve,
+                                         advisorID: request.advisorID, comment: request.comment,
+                                         nowUnixNanos: MarketState.nowUnixNanos())
+        } catch {
+            switch error.code {
+            case .notFound: throw RPCStatus(.notFound, error.message)
+            case .alreadyDecided, .expired: throw RPCStatus(.failedPrecondition, error.message)
+            case .invalidArgument: throw RPCStatus(.invalidArgument, error.message)
+            }
+        }
+        var response = Keel_V1_DecideResponse()
+        response.approvalID = entry.approvalID
+        response.status = request.approve ? .approved : .rejected
+        do throws(RPCStatus) {
+            response.auditRecordHash = try await auditApproval(entry, event: request.approve ? .approved : .rejected)
+        } catch {
+            // An unrecorded decision is no decision: the approval waits again.
+            approvals.revert(approvalID: entry.approvalID)
+            throw error
+        }
+        return response
+    }
+
+    // MARK: - Not yet implemented (issue 6)
 
     private func performHarvestTaxLosses(_ request: Keel_V1_HarvestTaxLossesRequest) throws(RPCStatus)
         -> Keel_V1_HarvestTaxLossesResponse
@@ -352,16 +500,6 @@ public final class KeelService: RequestHandler {
         -> Keel_V1_ForecastLiquidityResponse
     {
         throw RPCStatus(.unimplemented, "ForecastLiquidity arrives with issue 6 (liquidity forecasting)")
-    }
-
-    private func performListPending(_ request: Keel_V1_ListPendingRequest) throws(RPCStatus)
-        -> Keel_V1_ListPendingResponse
-    {
-        throw RPCStatus(.unimplemented, "ListPending arrives with issue 4 (approvals)")
-    }
-
-    private func performDecide(_ request: Keel_V1_DecideRequest) throws(RPCStatus) -> Keel_V1_DecideResponse {
-        throw RPCStatus(.unimplemented, "Decide arrives with issue 4 (approvals)")
     }
 
     // MARK: - Market data

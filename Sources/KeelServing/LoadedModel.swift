@@ -1,6 +1,7 @@
 import Foundation
 import KeelAPI
 import KeelInference
+import KeelPortfolio
 import Synchronization
 
 /// The model families Keel serves, from a model's `keel.kind` metadata entry.
@@ -218,6 +219,9 @@ enum ModelValidator {
         }
         if let blank = features.firstIndex(where: \.isEmpty) {
             throw fail("metadata keel.features has an empty name at position \(blank + 1)")
+        }
+        if kind == .policy, let why = FeatureSet.mismatch(features) {
+            throw fail("a policy must take Keel's feature set: \(why)")
         }
         guard !model.outputs.isEmpty else { throw fail("the model has no outputs") }
 

@@ -2,7 +2,12 @@ import Foundation
 import KeelAPI
 import Synchronization
 
-/// The latest price of every instrument, fed by PublishMarketData.
+/// Rolling per-instrument price state, fed by PublishMarketData: for every
+/// instrument, its daily price series (the last price of each UTC day, up to
+/// ``daysKept`` days, oldest first; today's point moves with every newer
+/// update) and its latest quote. Rebalance requests that carry no price or
+/// history for an instrument take them from here, so the engine computes
+/// the same feature set from streamed data as from request data.
 ///
 /// Thread safety: all methods may be called from any task; each takes one
 /// short lock (validation happens before it).
@@ -23,7 +28,39 @@ public final class MarketState: Sendable {
     /// How many rejection reasons a response carries at most.
     public static let maxReportedErrors = 5
 
-    private let quotes = Mutex<[String: Quote]>([:])
+    /// Daily observations kept per instrument (a year of trading days plus a margin).
+    public static let daysKept = 300
+    static let nanosPerDay: Int64 = 86_400 * 1_000_000_000
+
+    /// One instrument's state.
+    struct History {
+        var latest: Quote
+        /// Last price of each day, oldest first; the last entry is `latest`'s day.
+        var closes: [Double]
+        var lastDay: Int64
+
+        init(_ quote: Quote) {
+            latest = quote
+            closes = [quote.price]
+            lastDay = quote.timeUnixNanos / MarketState.nanosPerDay
+        }
+
+        /// Applies a newer quote: same day replaces today's point, a later day appends.
+        mutating func apply(_ quote: Quote) {
+            guard quote.timeUnixNanos >= latest.timeUnixNanos else { return }
+            latest = quote
+            let day = quote.timeUnixNanos / MarketState.nanosPerDay
+            if day == lastDay {
+                closes[closes.count - 1] = quote.price
+            } else {
+                closes.append(quote.price)
+                lastDay = day
+                if closes.count > MarketState.daysKept { closes.removeFirst(closes.count - MarketState.daysKept) }
+            }
+        }
+    }
+
+    private let quotes = Mutex<[String: History]>([:])
 
     public init(maxInstruments: Int = 1_000_000) {
         self.maxInstruments = max(1, maxInstruments)
@@ -62,10 +99,10 @@ public final class MarketState: Sendable {
             let overflow = quotes.withLock { q -> [String] in
                 var overflow: [String] = []
                 for (id, quote) in valid {
-                    if let existing = q[id] {
-                        if quote.timeUnixNanos >= existing.timeUnixNanos { q[id] = quote }
+                    if q[id] != nil {
+                        q[id]!.apply(quote)
                     } else if q.count < maxInstruments {
-                        q[id] = quote
+                        q[id] = History(quote)
                     } else {
                         overflow.append(id)
                     }
@@ -83,7 +120,15 @@ public final class MarketState: Sendable {
 
     /// The latest quote of `instrumentID`, if any.
     public func quote(for instrumentID: String) -> Quote? {
-        quotes.withLock { $0[instrumentID] }
+        quotes.withLock { $0[instrumentID]?.latest }
+    }
+
+    /// An instrument's daily series (oldest first, today's latest price last)
+    /// and its latest quote, if it has any.
+    public func window(for instrumentID: String) -> (prices: [Double], latestPrice: Double?, latestTime: Int64?)? {
+        quotes.withLock { q in
+            q[instrumentID].map { ($0.closes, $0.latest.price, $0.latest.timeUnixNanos) }
+        }
     }
 
     /// Number of instruments with a price.

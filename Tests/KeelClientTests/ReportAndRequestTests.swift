@@ -128,10 +128,10 @@ struct BenchReportTests {
 struct BenchRequestTests {
     @Test(arguments: [1, 10, 500])
     func rebalanceShape(_ assets: Int) throws {
-        let request = BenchRequests.rebalance(assets: assets, featureCount: 12, seed: 7)
+        let request = BenchRequests.rebalance(assets: assets, seed: 7)
         #expect(request.instruments.count == assets)
         #expect(Set(request.instruments.map(\.id)).count == assets)
-        #expect(request.features.count == assets * 12)
+        #expect(request.instruments.allSatisfy { $0.priceHistory.isEmpty })
         #expect(request.instruments.allSatisfy { $0.price > 0 && !$0.sector.isEmpty && $0.assetClass != .unspecified })
         #expect(request.instruments.allSatisfy { !$0.hasEsgScore || (0...100).contains($0.esgScore) })
         #expect(request.hasRiskProfile && request.hasMandate && request.hasPortfolio)
@@ -149,21 +149,34 @@ struct BenchRequestTests {
     }
 
     @Test func deterministic() throws {
-        let a = try BenchRequests.serialized(.rebalance, assets: 50, featureCount: 12, seed: 1)
-        let b = try BenchRequests.serialized(.rebalance, assets: 50, featureCount: 12, seed: 1)
-        let c = try BenchRequests.serialized(.rebalance, assets: 50, featureCount: 12, seed: 2)
-        // Map fields may serialize in any order: compare decoded messages.
+        let a = try BenchRequests.serialized(.rebalance, assets: 50, seed: 1)
+        let b = try BenchRequests.serialized(.rebalance, assets: 50, seed: 1)
+        let c = try BenchRequests.serialized(.rebalance, assets: 50, seed: 2)
         let da = try Keel_V1_RebalanceRequest(serializedBytes: a)
         let db = try Keel_V1_RebalanceRequest(serializedBytes: b)
         let dc = try Keel_V1_RebalanceRequest(serializedBytes: c)
         #expect(da == db)
         #expect(da != dc)
-        #expect(da.features.count == 600)
     }
 
-    @Test func featureCountFollowsTheModel() throws {
-        let bytes = try BenchRequests.serialized(.rebalance, assets: 3, featureCount: 20)
-        #expect(try Keel_V1_RebalanceRequest(serializedBytes: bytes).features.count == 60)
+    @Test("price history: daily closes ending at each instrument's price, inline or as a batch")
+    func priceHistory() throws {
+        let plain = BenchRequests.rebalance(assets: 5, seed: 3)
+        let batch = BenchRequests.priceHistory(for: plain, days: 30, seed: 3)
+        #expect(batch.updates.count == 5 * 30)
+        let day: Int64 = 86_400_000_000_000
+        for (k, instrument) in plain.instruments.enumerated() {
+            let points = Array(batch.updates[(k * 30)..<(k * 30 + 30)])
+            #expect(points.allSatisfy { $0.instrumentID == instrument.id && $0.price > 0 })
+            #expect(points.last?.price == instrument.price)
+            #expect(points.last?.timeUnixNanos == plain.asOfUnixNanos)
+            for j in 1..<30 { #expect(points[j].timeUnixNanos - points[j - 1].timeUnixNanos == day) }
+            #expect(Set(points.map(\.price)).count > 10)
+        }
+        let inline = BenchRequests.rebalance(assets: 5, historyDays: 30, seed: 3)
+        for (k, instrument) in inline.instruments.enumerated() {
+            #expect(instrument.priceHistory.map(\.price) == batch.updates[(k * 30)..<(k * 30 + 30)].map(\.price))
+        }
     }
 
     @Test func otherMethods() throws {
@@ -172,31 +185,5 @@ struct BenchRequestTests {
         #expect(batch.updates.count == 25)
         #expect(try BenchRequests.serialized(.healthCheck, assets: 1).isEmpty)
         #expect(try BenchRequests.serialized(.listModels, assets: 1).isEmpty)
-    }
-
-    @Test("the feature count comes from the serving policy model")
-    func featureCountFromListModels() {
-        func model(_ name: String, _ version: Int64, kind: String, features: Int, serving: Bool) -> Keel_V1_ModelInfo {
-            var m = Keel_V1_ModelInfo()
-            m.ref.name = name
-            m.ref.version = version
-            m.kind = kind
-            m.features = (0..<features).map { "f\($0)" }
-            m.serving = serving
-            return m
-        }
-        var response = Keel_V1_ListModelsResponse()
-        response.models = [
-            model("policy", 1, kind: "policy", features: 12, serving: false),
-            model("policy", 2, kind: "policy", features: 14, serving: true),
-            model("liquidity", 1, kind: "liquidity", features: 5, serving: true),
-        ]
-        #expect(KeelClients.featureCount(of: "policy", in: response) == 14)
-        #expect(KeelClients.featureCount(of: "liquidity", in: response) == 5)
-        #expect(KeelClients.featureCount(of: "missing", in: response) == nil)
-        var renamed = Keel_V1_ListModelsResponse()
-        renamed.models = [model("policy-v9", 1, kind: "policy", features: 9, serving: true)]
-        #expect(KeelClients.featureCount(of: "policy", in: renamed) == 9)
-        #expect(KeelClients.featureCount(of: "policy", in: Keel_V1_ListModelsResponse()) == nil)
     }
 }

@@ -1,5 +1,7 @@
 import Foundation
 import KeelAPI
+import KeelAudit
+import KeelPortfolio
 import SwiftProtobuf
 import Testing
 
@@ -17,14 +19,26 @@ struct KeelServiceTests {
         let metrics: TestMetrics
     }
 
-    static func fixture(policy: Bool = true, maxConcurrent: Int = 2) throws -> Fixture {
+    /// Approval rules that never trigger (tests of other behaviour).
+    static let noApprovals: ApprovalRules = {
+        var rules = ApprovalRules()
+        rules.turnoverAbove = nil
+        rules.orderShareAbove = nil
+        rules.volatilityRiseAbove = nil
+        rules.firstRebalance = false
+        return rules
+    }()
+
+    static func fixture(policy: Bool = true, maxConcurrent: Int = 2, audit: AuditLog? = nil,
+                        rules: ApprovalRules = noApprovals) throws -> Fixture {
         let scratch = try ScratchRepository()
         if policy { try scratch.write("policy", 1, Fixtures.policy(weights: weights, bias: bias)) }
         let metrics = TestMetrics()
         let repository = ModelRepository(root: scratch.root, metricsFactory: metrics)
         repository.loadAll()
-        let service = KeelService(repository: repository, gate: RequestGate(maxConcurrent: maxConcurrent, maxQueued: 8),
-                                  metricsFactory: metrics)
+        let service = try KeelService(repository: repository,
+                                      gate: RequestGate(maxConcurrent: maxConcurrent, maxQueued: 8),
+                                      audit: audit, approvalRules: rules, metricsFactory: metrics)
         return Fixture(scratch: scratch, repository: repository, service: service, metrics: metrics)
     }
 
@@ -40,56 +54,96 @@ struct KeelServiceTests {
         }
     }
 
-    static func rebalanceRequest(instruments: [String], features: [Float], model: String = "")
+    /// An engine request: `ids` as equities in three sectors with 40 days of
+    /// prices, the first one held (300 units) plus 50,000 cash, equal
+    /// strategic weights, risk tolerance 4.
+    static func rebalanceRequest(instruments ids: [String], model: String = "", account: String = "")
         -> Keel_V1_RebalanceRequest
     {
         var request = Keel_V1_RebalanceRequest()
         request.requestID = "req-42"
         request.model = model
-        request.instruments = instruments.map { id in
-            var i = Keel_V1_Instrument()
-            i.id = id
-            i.price = 100
-            return i
+        request.instruments = ids.enumerated().map { i, id in
+            var m = Keel_V1_Instrument()
+            m.id = id
+            m.price = 100 + 10 * Double(i)
+            m.sector = "S\(i % 3)"
+            m.assetClass = .equity
+            m.esgScore = 50
+            m.lotSize = 1
+            m.priceHistory = (0..<40).map { k in
+                var p = Keel_V1_PricePoint()
+                p.price = m.price * (1 + 0.02 * sin(Double(k) * 0.7 + Double(i)))
+                p.timeUnixNanos = 1_795_000_000_000_000_000 + Int64(k) * 86_400_000_000_000
+                return p
+            }
+            return m
         }
-        request.features = features
+        var portfolio = Keel_V1_Portfolio()
+        portfolio.accountID = account
+        if let first = ids.first, !first.isEmpty {
+            portfolio.holdings = [.with { $0.instrumentID = first; $0.quantity = 300 }]
+        }
+        portfolio.cash = 50_000
+        request.portfolio = portfolio
+        request.riskProfile = .with { $0.riskTolerance = 4; $0.knowledge = .informed; $0.horizonYears = 10 }
+        request.mandate = .with { m in
+            m.strategicWeights = ids.map { id in .with { $0.id = id; $0.weight = 0.95 / Double(ids.count) } }
+            m.maxInstrumentWeight = 0.5
+            m.minCashWeight = 0.02
+            m.commissionBps = 1
+        }
         return request
     }
 
-    @Test("Rebalance round trip: softmax weights sum to 1, scores and model ref are right")
+    /// Checks what every engine response must satisfy.
+    static func expectSound(_ r: Keel_V1_RebalanceResponse, instruments: Int) {
+        #expect(r.targets.count == instruments)
+        #expect(r.status == .executable || r.status == .noTrade || r.status == .pendingApproval)
+        #expect(r.compliance.compliant, "\(r.compliance)")
+        let invested = r.targets.reduce(0) { $0 + $1.targetWeight }
+        #expect(abs(invested + r.cashWeightAfter + r.totalEstimatedCost / r.totalValue - 1) < 1e-9)
+        #expect(r.cashWeightAfter >= 0.02 - 1e-9)
+        for target in r.targets { #expect(target.targetWeight <= 0.5 + 1e-9) }
+        for order in r.orders {
+            #expect(!order.reasons.isEmpty && !order.explanation.isEmpty)
+            #expect(order.topFeatures.count == 3)
+            #expect(order.quantity == order.quantity.rounded() && order.quantity > 0)
+        }
+        #expect(!r.summary.isEmpty)
+    }
+
+    @Test("Rebalance round trip: a sound, deterministic decision naming its model")
     func rebalanceRoundTrip() async throws {
         let f = try Self.fixture()
         let ids = ["AAA", "BBB", "CCC", "DDD"]
-        let x: [Float] = [0.1, 0.2, 0.3,  -1, 0, 1,  2, 2, 2,  0, 0, 0]
-        let result = try await Self.call(f.service, .rebalance, Self.rebalanceRequest(instruments: ids, features: x),
+        let result = try await Self.call(f.service, .rebalance, Self.rebalanceRequest(instruments: ids),
                                          as: Keel_V1_RebalanceResponse.self)
         let response = try result.get()
         #expect(response.requestID == "req-42")
-        #expect(response.status == .noTrade)
-        #expect(response.note == KeelService.engineNote)
+        #expect(response.status == .executable)
+        #expect(!response.orders.isEmpty)
+        Self.expectSound(response, instruments: 4)
         #expect(response.decisionID.count == 36)
         #expect(UUID(uuidString: response.decisionID) != nil)
         #expect(Array(response.decisionID)[14] == "4")
+        #expect(response.auditRecordHash.isEmpty)  // no audit trail in this fixture
+        #expect(response.engineNanos > 0)
+        #expect(response.marketStateUnixNanos == 1_795_000_000_000_000_000 + 39 * 86_400_000_000_000)
         let model = try #require(f.repository.serving(name: "policy"))
         #expect(response.model.name == "policy")
         #expect(response.model.version == 1)
         #expect(response.model.sha256 == model.sha256)
-
         #expect(response.targets.map(\.instrumentID) == ids)
-        let expected = (0..<4).map { Fixtures.score(x[($0 * 3)..<($0 * 3 + 3)], weights: Self.weights, bias: Self.bias) }
-        for (target, score) in zip(response.targets, expected) {
-            #expect(abs(target.policyScore - score) < 1e-5)
-        }
-        let total = response.targets.reduce(0) { $0 + $1.targetWeight }
-        #expect(abs(total - 1) < 1e-9)
-        let denominator = expected.reduce(0) { $0 + exp($1) }
-        for (target, score) in zip(response.targets, expected) {
-            #expect(abs(target.targetWeight - exp(score) / denominator) < 1e-6)
-        }
-        // A second call gets a different decision id.
-        let again = try await Self.call(f.service, .rebalance, Self.rebalanceRequest(instruments: ids, features: x),
+        // The scores are the linear policy's on the engine's features.
+        #expect(Set(response.targets.map(\.policyScore)).count > 1)
+
+        // A second call gets a different decision id and the same decision.
+        let again = try await Self.call(f.service, .rebalance, Self.rebalanceRequest(instruments: ids),
                                         as: Keel_V1_RebalanceResponse.self).get()
         #expect(again.decisionID != response.decisionID)
+        #expect(again.orders == response.orders)
+        #expect(again.targets == response.targets)
 
         #expect(f.metrics.value("keel_requests_total", [("method", "Rebalance"), ("code", "OK")]) == 2)
         for phase in ["decode", "queue", "inference", "encode"] {
@@ -101,11 +155,12 @@ struct KeelServiceTests {
     @Test("the typed method gives the same answer as the byte-level one")
     func typedRebalance() async throws {
         let f = try Self.fixture()
-        let request = Self.rebalanceRequest(instruments: ["A", "B"], features: [1, 2, 3, 4, 5, 6])
-        let response = try await f.service.rebalance(request, deadline: Self.deadline())
-        #expect(response.targets.count == 2)
-        #expect(abs(response.targets.reduce(0) { $0 + $1.targetWeight } - 1) < 1e-9)
-        #expect(f.metrics.value("keel_requests_total", [("method", "Rebalance"), ("code", "OK")]) == 1)
+        let request = Self.rebalanceRequest(instruments: ["A", "B"])
+        let typed = try await f.service.rebalance(request, deadline: Self.deadline())
+        let bytes = try await Self.call(f.service, .rebalance, request, as: Keel_V1_RebalanceResponse.self).get()
+        Self.expectSound(typed, instruments: 2)
+        #expect(typed.orders == bytes.orders)
+        #expect(f.metrics.value("keel_requests_total", [("method", "Rebalance"), ("code", "OK")]) == 2)
     }
 
     @Test("requests keep succeeding while models are swapped underneath them")
@@ -114,7 +169,7 @@ struct KeelServiceTests {
         let versions: [[Float]] = (0..<8).map { v in [Float(v), 1, -1] }
         let shas = Locked(Set([try #require(f.repository.serving(name: "policy")).sha256]))
         let stop = Locked(false)
-        let request = Self.rebalanceRequest(instruments: ["A", "B", "C"], features: [1, 2, 3, 4, 5, 6, 7, 8, 9])
+        let request = Self.rebalanceRequest(instruments: ["A", "B", "C"])
         let service = f.service
         let clients = (0..<3).map { _ in
             Task { () -> (ok: Int, seen: Set<String>, failures: [RPCStatus]) in
@@ -126,8 +181,8 @@ struct KeelServiceTests {
                         let response = try await service.rebalance(request, deadline: .now + .seconds(5))
                         ok += 1
                         seen.insert(response.model.sha256)
-                        if abs(response.targets.reduce(0) { $0 + $1.targetWeight } - 1) > 1e-9 {
-                            failures.append(RPCStatus(.internal, "weights do not sum to 1"))
+                        if !response.compliance.compliant || response.targets.count != 3 {
+                            failures.append(RPCStatus(.internal, "unsound response: \(response.compliance)"))
                         }
                     } catch {
                         failures.append(error)
@@ -168,49 +223,57 @@ struct KeelServiceTests {
         #expect(f.metrics.value("keel_requests_total", [("method", "Rebalance"), ("code", "INVALID_ARGUMENT")]) == 1)
     }
 
-    @Test("Rebalance input errors", arguments: [
-        (["A", "B"], [Float](repeating: 0, count: 5), "", RPCStatusCode.invalidArgument,
-         "the request has 5 features for 2 instruments"),
-        ([], [], "", .invalidArgument, "the request has no instruments"),
-        (["A"], [0, .nan, 0], "", .invalidArgument, "feature 'f1' of instrument 0 ('A') is not finite"),
-        (["A", ""], [Float](repeating: 0, count: 6), "", .invalidArgument, "instrument 1 has an empty id"),
-        (["A"], [0, 0, 0], "nope", .failedPrecondition, "no model 'nope' is loaded"),
-    ])
-    func rebalanceErrors(ids: [String], features: [Float], model: String, code: RPCStatusCode, message: String)
-        async throws
-    {
-        let f = try Self.fixture()
-        let result = try await Self.call(f.service, .rebalance,
-                                         Self.rebalanceRequest(instruments: ids, features: features, model: model),
-                                         as: Keel_V1_RebalanceResponse.self)
-        guard case .failure(let status) = result else {
-            Issue.record("expected \(code)")
-            return
+    /// Requests the engine must refuse, each with the message that names the problem.
+    enum BadRebalance: CaseIterable, Sendable {
+        case noInstruments, emptyID, negativePrice, unknownHolding, riskTolerance, strategicSum, unknownModel,
+             unknownAssetClassCap
+
+        func apply(_ r: inout Keel_V1_RebalanceRequest) {
+            switch self {
+            case .noInstruments: r.instruments = []
+            case .emptyID: r.instruments[1].id = ""
+            case .negativePrice: r.instruments[0].price = -3
+            case .unknownHolding: r.portfolio.holdings.append(.with { $0.instrumentID = "ZZZ"; $0.quantity = 1 })
+            case .riskTolerance: r.riskProfile.riskTolerance = 0
+            case .strategicSum: r.mandate.strategicWeights[0].weight = 0.9
+            case .unknownModel: r.model = "nope"
+            case .unknownAssetClassCap: r.mandate.assetClassCaps = [.with { $0.id = "EQUITY"; $0.weight = 0.5 }]
+            }
         }
-        #expect(status.code == code)
-        #expect(status.message.contains(message), "\(status.message)")
+
+        var expected: (RPCStatusCode, String) {
+            switch self {
+            case .noInstruments: (.invalidArgument, "the request has no instruments")
+            case .emptyID: (.invalidArgument, "instrument 1 has an empty id")
+            case .negativePrice: (.invalidArgument, "instrument 'A': price -3.0 is not a finite number > 0")
+            case .unknownHolding: (.invalidArgument, "instrument 'ZZZ' is not among the request's instruments")
+            case .riskTolerance: (.invalidArgument, "risk_tolerance 0 is not on the SRI scale 1...7")
+            case .strategicSum: (.invalidArgument, "strategic weights sum to")
+            case .unknownModel: (.failedPrecondition, "no model 'nope' is loaded")
+            case .unknownAssetClassCap: (.invalidArgument, "unknown asset class 'EQUITY'")
+            }
+        }
     }
 
-    @Test("wrong feature count names the numbers")
-    func wrongFeatureCount() async throws {
+    @Test("Rebalance input errors name the problem", arguments: BadRebalance.allCases)
+    func rebalanceErrors(_ bad: BadRebalance) async throws {
         let f = try Self.fixture()
-        let result = try await Self.call(f.service, .rebalance,
-                                         Self.rebalanceRequest(instruments: ["A", "B"], features: [1, 2, 3, 4]),
-                                         as: Keel_V1_RebalanceResponse.self)
+        var request = Self.rebalanceRequest(instruments: ["A", "B", "C"])
+        bad.apply(&request)
+        let result = try await Self.call(f.service, .rebalance, request, as: Keel_V1_RebalanceResponse.self)
         guard case .failure(let status) = result else {
-            Issue.record("expected INVALID_ARGUMENT")
+            Issue.record("expected \(bad.expected.0)")
             return
         }
-        #expect(status == RPCStatus(.invalidArgument,
-                                    "the request has 4 features for 2 instruments; model 'policy' v1 takes 3 per "
-                                        + "instrument (6 expected, row-major in keel.features order)"))
+        #expect(status.code == bad.expected.0)
+        #expect(status.message.contains(bad.expected.1), "\(status.message)")
     }
 
     @Test("with no policy loaded Rebalance is FAILED_PRECONDITION")
     func noPolicy() async throws {
         let f = try Self.fixture(policy: false)
         let result = try await Self.call(f.service, .rebalance,
-                                         Self.rebalanceRequest(instruments: ["A"], features: [1, 2, 3]),
+                                         Self.rebalanceRequest(instruments: ["A"]),
                                          as: Keel_V1_RebalanceResponse.self)
         #expect(result.failure == RPCStatus(.failedPrecondition, "no model 'policy' is loaded"))
     }
@@ -270,7 +333,7 @@ struct KeelServiceTests {
         await f.service.gate.drain()
         #expect(try await check("", f).get().status == .notServing)
         let refused = try await Self.call(f.service, .rebalance,
-                                          Self.rebalanceRequest(instruments: ["A"], features: [1, 2, 3]),
+                                          Self.rebalanceRequest(instruments: ["A"]),
                                           as: Keel_V1_RebalanceResponse.self)
         #expect(refused.failure?.code == .unavailable)
     }
@@ -286,7 +349,7 @@ struct KeelServiceTests {
         let info = try #require(listed.models.first)
         #expect(info.ref.name == "policy" && info.ref.version == 1 && info.serving)
         #expect(info.kind == "policy")
-        #expect(info.features == ["f0", "f1", "f2"])
+        #expect(info.features == FeatureSet.names)
         #expect(info.metadata["keel.kind"] == "policy")
         #expect(info.loadedUnixNanos > 0)
 
@@ -337,10 +400,7 @@ struct KeelServiceTests {
     @Test("methods of later issues are UNIMPLEMENTED and say which issue")
     func unimplemented() async throws {
         let f = try Self.fixture()
-        let cases: [(RPCMethod, String)] = [
-            (.harvestTaxLosses, "issue 6"), (.forecastLiquidity, "issue 6"), (.listPending, "issue 4"),
-            (.decide, "issue 4"),
-        ]
+        let cases: [(RPCMethod, String)] = [(.harvestTaxLosses, "issue 6"), (.forecastLiquidity, "issue 6")]
         for (method, issue) in cases {
             let result = await f.service.handle(method, request: [], deadline: Self.deadline())
             guard case .failure(let status) = result else {
@@ -352,41 +412,136 @@ struct KeelServiceTests {
         }
     }
 
-    @Test("a rebalance on the shipped policy with 100 instruments; handler overhead is reported")
+    @Test("the shipped policy rebalances 100 instruments soundly")
     func shippedPolicyHundredInstruments() async throws {
         let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: Fixtures.shippedPolicy)))
         let scratch = try ScratchRepository()
         try scratch.write("policy", 1, bytes)
         let repository = ModelRepository(root: scratch.root, metricsFactory: TestMetrics())
         repository.loadAll()
-        let service = KeelService(repository: repository, gate: RequestGate(maxConcurrent: 2, maxQueued: 8),
-                                  metricsFactory: TestMetrics())
-        let n = 100
-        let ids = (0..<n).map { "INST\($0)" }
-        let x = (0..<(n * 12)).map { Float(($0 * 37) % 23) / 23 - 0.5 }
-        let request = Self.rebalanceRequest(instruments: ids, features: x)
-        let response = try await service.rebalance(request, deadline: Self.deadline())
-        #expect(response.targets.count == n)
-        #expect(abs(response.targets.reduce(0) { $0 + $1.targetWeight } - 1) < 1e-9)
+        let service = try KeelService(repository: repository, gate: RequestGate(maxConcurrent: 2, maxQueued: 8),
+                                      metricsFactory: TestMetrics())
+        let ids = (0..<100).map { "INST\($0)" }
+        let response = try await service.rebalance(Self.rebalanceRequest(instruments: ids), deadline: Self.deadline())
+        Self.expectSound(response, instruments: 100)
+        #expect(response.model.sha256 == repository.serving(name: "policy")?.sha256)
+    }
 
-        // Rough comparison (debug build, not a benchmark): typed handler vs bare inference.
-        let model = try #require(repository.serving(name: "policy"))
-        let rounds = 300
-        var bare: [Duration] = []
-        var handler: [Duration] = []
-        for _ in 0..<rounds {
-            let t0 = ContinuousClock.now
-            _ = try model.withSession { try $0.run(features: x, rows: n) }
-            let t1 = ContinuousClock.now
-            _ = try await service.rebalance(request, deadline: Self.deadline())
-            let t2 = ContinuousClock.now
-            bare.append(t1 - t0)
-            handler.append(t2 - t1)
+    @Test("Rebalance takes prices and history from PublishMarketData when the request has none")
+    func marketStateFeedsTheEngine() async throws {
+        let f = try Self.fixture()
+        var request = Self.rebalanceRequest(instruments: ["A", "B"])
+        var batch = Keel_V1_PriceUpdateBatch()
+        let day: Int64 = 86_400_000_000_000
+        for m in request.instruments {
+            for point in m.priceHistory {
+                batch.updates.append(.with { $0.instrumentID = m.id; $0.price = point.price; $0.timeUnixNanos = point.timeUnixNanos })
+            }
+            // Today: a first quote, then a newer one the same day that replaces it.
+            let today = m.priceHistory.last!.timeUnixNanos + day
+            batch.updates.append(.with { $0.instrumentID = m.id; $0.price = m.price * 1.5; $0.timeUnixNanos = today })
+            batch.updates.append(.with { $0.instrumentID = m.id; $0.price = m.price; $0.timeUnixNanos = today + 1_000_000_000 })
         }
-        let medianBare = bare.sorted()[rounds / 2]
-        let medianHandler = handler.sorted()[rounds / 2]
-        print("rebalance, 100 instruments: bare inference median \(medianBare), typed handler median \(medianHandler)")
-        #expect(medianHandler < .milliseconds(5))
+        _ = try await f.service.publishMarketData(batch.updates, deadline: Self.deadline())
+        let inline = try await f.service.rebalance(request, deadline: Self.deadline())
+        for i in request.instruments.indices {
+            request.instruments[i].priceHistory = []
+            request.instruments[i].price = 0
+        }
+        let streamed = try await f.service.rebalance(request, deadline: Self.deadline())
+        Self.expectSound(streamed, instruments: 2)
+        #expect(streamed.marketStateUnixNanos == 1_795_000_000_000_000_000 + 40 * day + 1_000_000_000)
+        // Inline, the price is appended to the 40-day history: both paths see the same 41 prices.
+        #expect(streamed.targets.map(\.policyScore) == inline.targets.map(\.policyScore))
+        #expect(streamed.orders == inline.orders)
+
+        request.instruments.append(.with { $0.id = "NEW" })
+        let missing = try await Self.call(f.service, .rebalance, request, as: Keel_V1_RebalanceResponse.self)
+        #expect(missing.failure?.code == .invalidArgument)
+        #expect(missing.failure?.message.contains("'NEW') has no price") == true)
+    }
+
+    @Test("approvals: a first rebalance waits; decide once; the audit trail records both and verifies")
+    func approvalsAndAudit() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keel-audit-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("audit.sqlite").path
+        let audit = try AuditLog(path: path, durability: .normal)
+        var rules = Self.noApprovals
+        rules.firstRebalance = true
+        let f = try Self.fixture(audit: audit, rules: rules)
+        let ids = ["AAA", "BBB", "CCC"]
+        let first = try await f.service.rebalance(Self.rebalanceRequest(instruments: ids, account: "ACC-1"),
+                                                  deadline: Self.deadline())
+        #expect(first.status == .pendingApproval)
+        #expect(first.approvalID.count == 36)
+        #expect(first.summary.contains("approval.first_rebalance"))
+        #expect(first.auditRecordHash.count == 64)
+
+        // The same account is not new any more.
+        let second = try await f.service.rebalance(Self.rebalanceRequest(instruments: ids, account: "ACC-1"),
+                                                   deadline: Self.deadline())
+        #expect(second.status == .executable)
+        #expect(second.approvalID.isEmpty)
+
+        let listed = try await f.service.listPending(.with { $0.accountID = "ACC-1" }, deadline: Self.deadline())
+        #expect(listed.pending.map(\.approvalID) == [first.approvalID])
+        #expect(listed.pending.first?.proposal.orders == first.orders)
+        #expect(listed.pending.first?.triggeredRules.count == 1)
+        let other = try await f.service.listPending(.with { $0.accountID = "ACC-2" }, deadline: Self.deadline())
+        #expect(other.pending.isEmpty)
+
+        let decided = try await f.service.decide(.with {
+            $0.approvalID = first.approvalID; $0.approve = true; $0.advisorID = "adv-7"; $0.comment = "ok"
+        }, deadline: Self.deadline())
+        #expect(decided.status == .approved)
+        #expect(decided.auditRecordHash.count == 64)
+        do {
+            _ = try await f.service.decide(.with {
+                $0.approvalID = first.approvalID; $0.approve = false; $0.advisorID = "adv-8"
+            }, deadline: Self.deadline())
+            Issue.record("a second decision must be refused")
+        } catch {
+            #expect(error.code == .failedPrecondition)
+            #expect(error.message.contains("already approved by 'adv-7'"))
+        }
+        do {
+            _ = try await f.service.decide(.with { $0.approvalID = "nope"; $0.advisorID = "adv-7" },
+                                           deadline: Self.deadline())
+            Issue.record("an unknown approval must be NOT_FOUND")
+        } catch {
+            #expect(error.code == .notFound)
+        }
+        #expect(try await f.service.listPending(.init(), deadline: Self.deadline()).pending.isEmpty)
+
+        audit.close()
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == 3)  // two decisions and one approval event
+        #expect(verification.firstBroken == nil)
+        #expect(verification.headHash == decided.auditRecordHash)
+    }
+
+    @Test("pending decisions expire and cannot be decided afterwards")
+    func approvalsExpire() async throws {
+        var rules = Self.noApprovals
+        rules.firstRebalance = true
+        rules.expiry = .milliseconds(1)
+        let f = try Self.fixture(rules: rules)
+        var request = Self.rebalanceRequest(instruments: ["AAA", "BBB"], account: "ACC-9")
+        request.portfolio.firstRebalance = true
+        let pending = try await f.service.rebalance(request, deadline: Self.deadline())
+        #expect(pending.status == .pendingApproval)
+        try await Task.sleep(for: .milliseconds(20))
+        #expect(try await f.service.listPending(.init(), deadline: Self.deadline()).pending.isEmpty)
+        do {
+            _ = try await f.service.decide(.with { $0.approvalID = pending.approvalID; $0.approve = true; $0.advisorID = "a" },
+                                           deadline: Self.deadline())
+            Issue.record("an expired approval must be refused")
+        } catch {
+            #expect(error.code == .failedPrecondition)
+            #expect(error.message.contains("expired"))
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import KeelInference
+import KeelPortfolio
 import Testing
 
 import KeelServing
@@ -9,8 +10,10 @@ struct ModelRepositoryTests {
     static let v1Weights: [Float] = [1, -0.5, 0.25]
     static let v2Weights: [Float] = [2, 0.5, -1]
 
+    /// The score of one row; `x` gives the first features, the rest are 0.
     static func score(_ model: LoadedModel, _ x: [Float]) throws -> Float {
-        try model.withSession { try $0.run(features: x, rows: 1)[0].values[0] }
+        let row = x + [Float](repeating: 0, count: max(0, model.featureCount - x.count))
+        return try model.withSession { try $0.run(features: row, rows: 1)[0].values[0] }
     }
 
     @Test("at start the latest version of every model loads; other entries are ignored")
@@ -34,7 +37,7 @@ struct ModelRepositoryTests {
         let policy = try #require(repo.serving(name: "policy"))
         #expect(policy.version == 2)
         #expect(policy.kind == .policy)
-        #expect(policy.featureNames == ["f0", "f1", "f2"])
+        #expect(policy.featureNames == FeatureSet.names)
         #expect(policy.sha256.count == 64)
         #expect(policy.path == scratch.path("policy", 2))
         #expect(repo.serving(name: "other")?.version == 3)
@@ -186,6 +189,10 @@ struct ModelRepositoryTests {
     @Test("models that break the serving contract are rejected with the file and the reason",
           arguments: [
               ("features", Fixtures.policy(featureNames: ["a", "b"]), "keel.features lists 2 features"),
+              ("feature set",
+               Fixtures.policy(weights: [Float](repeating: 1, count: 12),
+                               featureNames: ["ret_1d"] + Array(FeatureSet.names.dropFirst())),
+               "a policy must take Keel's feature set: keel.features[0] is 'ret_1d' but Keel's feature 0 is 'ret_1d_z'"),
               ("no kind", Fixtures.policy(kind: nil), "keel.kind is missing"),
               ("bad kind", Fixtures.policy(kind: "oracle"), "keel.kind is 'oracle'"),
               ("fixed rows", Fixtures.policy(fixedRows: 3), "must be dynamic"),

@@ -4,6 +4,7 @@ names a `keel` binary with a `serve` subcommand, against the real server."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "clients" / "python"))
 
 import keel_framed as kf  # noqa: E402
-from keel_pb import service_pb2  # noqa: E402
+from keel_pb import portfolio_pb2, service_pb2  # noqa: E402
 
 # --------------------------------------------------------------------------- #
 # A tiny server speaking the protocol, for the client's own tests.
@@ -264,8 +265,10 @@ def keel_server(tmp_path_factory):
     models = tmp_path_factory.mktemp("keel") / "models"
     shutil.copytree(REPO / "models", models)
     tcp_port = _free_port()
+    audit_db = tmp_path_factory.mktemp("keel-audit") / "audit.sqlite"
     args = [os.environ["KEEL_BIN"], "serve", "--host", "127.0.0.1", "--grpc-port", str(_free_port()),
-            "--tcp-port", str(tcp_port), "--metrics-port", str(_free_port()), "--models", str(models)]
+            "--tcp-port", str(tcp_port), "--metrics-port", str(_free_port()), "--models", str(models),
+            "--audit-db", str(audit_db)]
     log = tmp_path_factory.mktemp("keel-log") / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
@@ -301,37 +304,189 @@ def test_server_list_models(keel_server):
     assert len(policies[0].features) == 12
 
 
+HEX64 = re.compile(r"[0-9a-f]{64}")
+STATUSES = {service_pb2.DECISION_STATUS_EXECUTABLE, service_pb2.DECISION_STATUS_PENDING_APPROVAL,
+            service_pb2.DECISION_STATUS_NO_TRADE, service_pb2.DECISION_STATUS_INFEASIBLE}
+
+
+def check_engine_response(reply, request):
+    """What every engine answer must satisfy, whatever the policy scores: ids, a
+    status, an audit hash, whole-lot orders that never sell more than is held nor
+    break the mandate's caps, and weights that add up."""
+    ids = [i.id for i in request.instruments]
+    assert reply.request_id == request.request_id
+    assert reply.decision_id and reply.status in STATUSES, reply
+    assert HEX64.fullmatch(reply.audit_record_hash), reply.audit_record_hash
+    assert reply.model.name == "policy" and reply.model.version >= 1 and HEX64.fullmatch(reply.model.sha256)
+    assert [t.instrument_id for t in reply.targets] == ids
+    held = {h.instrument_id: h.quantity for h in request.portfolio.holdings}
+    price = {i.id: i.price for i in request.instruments}
+    mandate = request.mandate
+    for o in reply.orders:
+        assert o.instrument_id in price and o.side in (portfolio_pb2.SIDE_BUY, portfolio_pb2.SIDE_SELL)
+        assert o.quantity > 0 and o.quantity == int(o.quantity), o  # lot size 1: whole units
+        assert o.estimated_price == price[o.instrument_id]
+        assert abs(o.notional - o.quantity * o.estimated_price) < 1e-6 * max(1.0, o.notional)
+        assert o.estimated_cost >= 0 and o.reasons and o.explanation
+        if o.side == portfolio_pb2.SIDE_SELL:
+            assert o.quantity <= held.get(o.instrument_id, 0.0), f"sells more than held: {o}"
+    assert len({o.instrument_id for o in reply.orders}) == len(reply.orders), "one order per instrument"
+    if mandate.max_instrument_weight > 0:
+        assert max(t.target_weight for t in reply.targets) <= mandate.max_instrument_weight + 1e-9
+    if mandate.max_turnover > 0:
+        assert reply.turnover <= mandate.max_turnover + 1e-9
+    if reply.status in (service_pb2.DECISION_STATUS_NO_TRADE, service_pb2.DECISION_STATUS_INFEASIBLE):
+        assert not reply.orders and reply.turnover == 0
+    else:
+        assert reply.orders
+    assert reply.cash_weight_after >= mandate.min_cash_weight - 1e-9
+    # after the orders: instruments plus cash are the whole portfolio, less the trading costs
+    total = sum(t.target_weight for t in reply.targets) + reply.cash_weight_after
+    assert 1.0 - 0.01 <= total <= 1.0 + 1e-9, total
+    assert reply.total_value > 0 and reply.summary
+    assert all(c.passed for c in reply.compliance.checks) and reply.compliance.compliant == (
+        reply.status != service_pb2.DECISION_STATUS_INFEASIBLE)
+
+
 def test_server_rebalance(keel_server):
     ids = [f"ASSET{i}" for i in range(5)]
-    features = [0.01 * ((i * 7) % 13 - 6) for i in range(len(ids) * 12)]
     with kf.KeelFramedClient("127.0.0.1", keel_server) as c:
-        reply = c.call("Rebalance", kf.rebalance_request(ids, features, request_id="py-1"), timeout_s=2)
-        assert reply.request_id == "py-1"
-        assert [t.instrument_id for t in reply.targets] == ids
-        assert abs(sum(t.target_weight for t in reply.targets) - 1.0) < 1e-9
-        # a wrong feature count is the caller's error, and the connection stays usable
+        request = kf.rebalance_request(ids, request_id="py-1", account_id="framed-1")
+        first = c.call("Rebalance", request, timeout_s=5)
+        check_engine_response(first, request)
+        # the account's first decision waits for an advisor
+        assert first.status == service_pb2.DECISION_STATUS_PENDING_APPROVAL and first.approval_id
+        again = c.call("Rebalance", request, timeout_s=5)
+        check_engine_response(again, request)
+        assert again.decision_id != first.decision_id and again.audit_record_hash != first.audit_record_hash
+        assert "first rebalance" not in again.summary
+        # the engine is deterministic: the same request gives the same orders
+        assert [(o.instrument_id, o.side, o.quantity) for o in again.orders] == \
+               [(o.instrument_id, o.side, o.quantity) for o in first.orders]
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(max_instrument_weight=0.12),
+    dict(max_turnover=0.03),
+    dict(holdings={}, cash=50_000.0),  # all cash
+    dict(drift=0.0, seed=3),
+    dict(risk_tolerance=1),
+    dict(risk_tolerance=7, history_days=30),
+], ids=["default", "instrument-cap", "turnover-cap", "all-cash", "balanced", "sri-1", "sri-7"])
+def test_server_rebalance_respects_the_mandate(keel_server, options):
+    ids = [f"ASSET{i}" for i in range(8)]
+    request = kf.rebalance_request(ids, request_id="mandate", account_id="framed-mandate", **options)
+    with kf.KeelFramedClient("127.0.0.1", keel_server) as c:
+        reply = c.call("Rebalance", request, timeout_s=5)
+    check_engine_response(reply, request)
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda r: setattr(r.instruments[2], "price", -5.0), ["ASSET2", "price"]),
+    (lambda r: r.portfolio.holdings.add(instrument_id="NOPE", quantity=3.0), ["NOPE"]),
+    (lambda r: setattr(r.risk_profile, "risk_tolerance", 0), ["risk_tolerance"]),
+    (lambda r: setattr(r.risk_profile, "risk_tolerance", 8), ["risk_tolerance"]),
+    (lambda r: r.instruments.add(id="ASSET1", price=10.0), ["ASSET1"]),  # listed twice
+    (lambda r: r.mandate.strategic_weights.add(id="GHOST", weight=0.01), ["GHOST"]),
+    (lambda r: setattr(r.portfolio, "cash", -1.0), ["cash"]),
+    (lambda r: r.instruments[0].price_history.add(time_unix_nanos=1, price=0.0), ["ASSET0", "price_history"]),
+    (lambda r: setattr(r.instruments[1], "esg_score", 101.0), ["ASSET1", "esg_score"]),
+    (lambda r: setattr(r.mandate, "max_turnover", 1.5), ["max_turnover"]),
+    (lambda r: r.mandate.asset_class_caps.add(id="STOCKS", weight=0.5), ["asset_class_caps"]),
+    (lambda r: setattr(r.instruments[3], "price", 0.0), ["ASSET3", "no price"]),  # none in the market state
+    (lambda r: r.ClearField("instruments"), ["no instruments"]),
+], ids=["negative-price", "unknown-holding", "risk-tolerance-0", "risk-tolerance-8", "duplicate-instrument",
+        "unknown-strategic-weight", "negative-cash", "bad-history", "esg-above-100", "turnover-above-1",
+        "unknown-asset-class-cap", "no-price", "no-instruments"])
+def test_server_rebalance_invalid_argument(keel_server, mutate, words):
+    request = kf.rebalance_request([f"ASSET{i}" for i in range(5)], request_id="bad")
+    mutate(request)
+    with kf.KeelFramedClient("127.0.0.1", keel_server) as c:
         with pytest.raises(kf.KeelRpcError) as e:
-            c.call("Rebalance", kf.rebalance_request(ids, features[:-1]), timeout_s=2)
+            c.call("Rebalance", request, timeout_s=5)
         assert e.value.code == 3, e.value
+        for word in words:
+            assert word in e.value.message, e.value.message
+        # the connection stays usable
+        good = kf.rebalance_request(["ASSET0", "ASSET1"], request_id="good")
+        assert c.call("Rebalance", good, timeout_s=5).request_id == "good"
+
+
+def test_server_rebalance_stream_errors_keep_the_connection(keel_server):
+    with kf.KeelFramedClient("127.0.0.1", keel_server) as c:
         # bytes that are not a RebalanceRequest
         rid = c.send(1, b"\xff\xff\xff")
+        f = c.recv_for(rid, 3)
+        assert f.error() is not None and f.error().code == 3
+        # the removed field 10 (raw features) is an unknown field now: ignored, and the
+        # empty rest of the request has no instruments
+        rid = c.send(1, bytes([0x52, 0x04]) + struct.pack("<f", 0.5))
         f = c.recv_for(rid, 3)
         assert f.error() is not None and f.error().code == 3
         # an unknown method id
         rid = c.send(999, b"")
         f = c.recv_for(rid, 3)
         assert (f.method, f.error().code) == (999, 12)
-        # pipelined: many requests in flight, answers matched by id
-        sent = {c.send("Rebalance", kf.rebalance_request(ids, features, request_id=f"p{i}"), timeout_s=2): f"p{i}"
-                for i in range(50)}
+        assert c.call("ListModels", timeout_s=2).models
+
+
+def test_server_rebalance_pipelined(keel_server):
+    """Many requests in flight on one connection, answers matched by request id;
+    every answer is a distinct, audited decision."""
+    ids = [f"ASSET{i}" for i in range(6)]
+    with kf.KeelFramedClient("127.0.0.1", keel_server) as c:
+        requests = {}
+        for i in range(50):
+            request = kf.rebalance_request(ids, request_id=f"p{i}", account_id=f"pipe-{i % 5}", seed=i % 3,
+                                           drift=0.05 * (i % 5))
+            requests[c.send("Rebalance", request, timeout_s=10)] = request
         got = {}
-        for _ in range(len(sent)):
-            f = c.recv_any(timeout_s=5)
+        for _ in range(len(requests)):
+            f = c.recv_any(timeout_s=15)
             assert f.kind == kf.KIND_RESPONSE, f.error()
             r = service_pb2.RebalanceResponse()
             r.ParseFromString(f.payload)
-            got[f.request_id] = r.request_id
-        assert got == sent
+            check_engine_response(r, requests[f.request_id])
+            got[f.request_id] = r
+    assert {k: r.request_id for k, r in got.items()} == {k: q.request_id for k, q in requests.items()}
+    assert len({r.decision_id for r in got.values()}) == len(got)
+    assert len({r.audit_record_hash for r in got.values()}) == len(got)
+    assert len({r.approval_id for r in got.values() if r.approval_id}) == \
+        sum(1 for r in got.values() if r.status == service_pb2.DECISION_STATUS_PENDING_APPROVAL)
+
+
+def test_server_rebalance_deadline(keel_server):
+    request = kf.rebalance_request([f"ASSET{i}" for i in range(5)], request_id="late")
+    with kf.KeelFramedClient("127.0.0.1", keel_server) as c:
+        rid = c.send("Rebalance", request, timeout_s=1e-6)  # timeout_us = 1: over before the work starts
+        f = c.recv_for(rid, 5)
+        assert f.kind == kf.KIND_ERROR and f.error().code == 4, f
+        assert c.call("Rebalance", request, timeout_s=5).request_id == "late"
+
+
+def test_server_rebalance_uses_published_market_data(keel_server):
+    """Instruments without price or history in the request take them from the market
+    state that PublishMarketData feeds."""
+    ids = [f"MKT{i}" for i in range(4)]
+    batch = service_pb2.PriceUpdateBatch()
+    for k, iid in enumerate(ids):
+        for point in kf.price_history(iid, 20.0 + 10.0 * k, 40, seed=5):
+            batch.updates.add(instrument_id=iid, price=point.price, time_unix_nanos=point.time_unix_nanos)
+    with kf.KeelFramedClient("127.0.0.1", keel_server) as c:
+        published = c.call("PublishMarketData", batch, timeout_s=5)
+        assert (published.accepted, published.rejected) == (len(batch.updates), 0), published
+        request = kf.rebalance_request(ids, request_id="mkt", account_id="framed-mkt", history_days=0)
+        request.instruments[1].price = 0.0  # the market's latest price
+        reply = c.call("Rebalance", request, timeout_s=5)
+        assert reply.market_state_unix_nanos == kf.HISTORY_END_UNIX_NANOS
+        assert "fewer than" not in reply.note, reply.note  # every instrument had 40 prices
+        assert reply.targets[1].current_weight > 0
+        request.instruments[1].price = 30.0
+        check_engine_response(reply, request)
+        # without market data for them, instruments fall back to their asset class's volatility
+        fresh = kf.rebalance_request(["NEW0", "NEW1"], request_id="fresh", history_days=0)
+        assert "fewer than" in c.call("Rebalance", fresh, timeout_s=5).note
 
 
 def test_server_refuses_bad_version_and_closes(keel_server):

@@ -16,10 +16,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "clients" / "python"))
+import keel_framed as kf  # noqa: E402
+
 KEEL_BIN = os.environ.get("KEEL_BIN")
 
 pytestmark = pytest.mark.skipif(not KEEL_BIN or not Path(KEEL_BIN).exists(),
@@ -70,10 +72,13 @@ def health_check(ch, stubs, service):
 class Server:
     PORTS = re.compile(r"grpc=\S+:(\d+) tcp=\S+:(\d+) metrics=\S+:(\d+)")
 
-    def __init__(self, models: Path, *extra: str):
+    def __init__(self, models: Path, *extra: str, audit_db: Path = None):
+        # the audit trail goes next to the temporary models, never into the working directory
+        self.audit_db = audit_db or models.parent / "keel-audit.sqlite"
         self.proc = subprocess.Popen(
             [KEEL_BIN, "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--tcp-port", "0",
-             "--metrics-port", "0", "--models", str(models), "--model-poll-interval-ms", "100", *extra],
+             "--metrics-port", "0", "--models", str(models), "--model-poll-interval-ms", "100",
+             "--audit-db", str(self.audit_db), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.log = []
         deadline = time.monotonic() + 30
@@ -112,13 +117,12 @@ def channel(server):
     return grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
 
 
-def rebalance_request(stubs, n, features=12, seed=1):
-    rng = np.random.default_rng(seed)
-    req = stubs.service.RebalanceRequest(request_id=f"req-{n}")
-    for i in range(n):
-        req.instruments.add(id=f"A{i:03d}", price=float(10 + i), sector="tech", lot_size=1)
-    req.features.extend(rng.standard_normal(n * features).astype(np.float32).tolist())
-    return req
+def rebalance_request(stubs, n, seed=1, account="grpc-acct", **options):
+    """A realistic engine request for n instruments A000..., built by the reference client's
+    helper and re-read as this module's generated class (what a gRPC user sends)."""
+    request = kf.rebalance_request([f"A{i:03d}" for i in range(n)], request_id=f"req-{n}", account_id=account,
+                                   seed=seed, **options)
+    return stubs.service.RebalanceRequest.FromString(request.SerializeToString())
 
 
 def test_health_and_list_models(server, stubs):
@@ -136,27 +140,53 @@ def test_health_and_list_models(server, stubs):
         assert policy[0].kind == "policy" and len(policy[0].features) == 12
 
 
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 @pytest.mark.parametrize("n", [1, 10, 100])
-def test_rebalance_returns_weights_from_the_policy(server, stubs, n):
+def test_rebalance_runs_the_engine(server, stubs, n):
+    S = stubs.service
+    request = rebalance_request(stubs, n, account=f"grpc-{n}", max_instrument_weight=0.5)
     with channel(server) as ch:
         stub = stubs.service_grpc.RebalancerStub(ch)
-        resp = stub.Rebalance(rebalance_request(stubs, n), timeout=5)
-    assert resp.request_id == f"req-{n}"
-    assert [t.instrument_id for t in resp.targets] == [f"A{i:03d}" for i in range(n)]
-    assert abs(sum(t.target_weight for t in resp.targets) - 1.0) < 1e-6
-    assert resp.model.name == "policy" and resp.model.version == 1 and len(resp.model.sha256) == 64
-    assert "engine not implemented" in resp.note
+        first = stub.Rebalance(request, timeout=10)
+        second = stub.Rebalance(request, timeout=10)
+    for resp in (first, second):
+        assert resp.request_id == f"req-{n}"
+        assert [t.instrument_id for t in resp.targets] == [f"A{i:03d}" for i in range(n)]
+        assert resp.model.name == "policy" and resp.model.version == 1 and HEX64.fullmatch(resp.model.sha256)
+        assert HEX64.fullmatch(resp.audit_record_hash) and resp.decision_id
+        assert resp.status in (S.DECISION_STATUS_EXECUTABLE, S.DECISION_STATUS_PENDING_APPROVAL,
+                               S.DECISION_STATUS_NO_TRADE, S.DECISION_STATUS_INFEASIBLE)
+        assert max(t.target_weight for t in resp.targets) <= 0.5 + 1e-9
+        assert 0.99 <= sum(t.target_weight for t in resp.targets) + resp.cash_weight_after <= 1 + 1e-9
+        held = {h.instrument_id: h.quantity for h in request.portfolio.holdings}
+        for o in resp.orders:
+            assert o.quantity > 0 and o.quantity == int(o.quantity)
+            if o.side == stubs.portfolio.SIDE_SELL:
+                assert o.quantity <= held.get(o.instrument_id, 0)
+        assert resp.summary and resp.compliance.checks and resp.total_value > 0
+    # the account's first decision waits for an advisor; the next one does not for that reason
+    assert first.status == S.DECISION_STATUS_PENDING_APPROVAL and first.approval_id
+    assert "first rebalance" not in second.summary and not (
+        second.status == S.DECISION_STATUS_PENDING_APPROVAL and second.approval_id == first.approval_id)
+    assert first.decision_id != second.decision_id and first.audit_record_hash != second.audit_record_hash
 
 
 def test_bad_requests_get_invalid_argument_and_server_keeps_serving(server, stubs):
     with channel(server) as ch:
         stub = stubs.service_grpc.RebalancerStub(ch)
-        bad = rebalance_request(stubs, 3)
-        del bad.features[-1]
-        with pytest.raises(grpc.RpcError) as e:
-            stub.Rebalance(bad, timeout=5)
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "feature" in e.value.details()
+        bad_price = rebalance_request(stubs, 3)
+        bad_price.instruments[1].price = -2.5
+        unknown_holding = rebalance_request(stubs, 3)
+        unknown_holding.portfolio.holdings.add(instrument_id="ZZZ", quantity=1)
+        no_tolerance = rebalance_request(stubs, 3)
+        no_tolerance.risk_profile.risk_tolerance = 0
+        for bad, word in [(bad_price, "price"), (unknown_holding, "ZZZ"), (no_tolerance, "risk_tolerance")]:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Rebalance(bad, timeout=5)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert word in e.value.details(), e.value.details()
         # Raw garbage bytes for a Rebalance request.
         raw = ch.unary_unary("/keel.v1.Rebalancer/Rebalance", request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as e:
@@ -169,6 +199,39 @@ def test_bad_requests_get_invalid_argument_and_server_keeps_serving(server, stub
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
         ok = stub.Rebalance(rebalance_request(stubs, 4), timeout=5)
         assert len(ok.targets) == 4
+
+
+def test_rebalance_deadline_exceeded(server, stubs):
+    with channel(server) as ch:
+        stub = stubs.service_grpc.RebalancerStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Rebalance(rebalance_request(stubs, 50), timeout=1e-4)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(stub.Rebalance(rebalance_request(stubs, 5), timeout=5).targets) == 5
+
+
+def test_approvals_over_grpc(server, stubs):
+    S = stubs.service
+    with channel(server) as ch:
+        rebalancer = stubs.service_grpc.RebalancerStub(ch)
+        approvals = stubs.service_grpc.ApprovalsStub(ch)
+        pending = rebalancer.Rebalance(rebalance_request(stubs, 5, account="grpc-approve"), timeout=5)
+        assert pending.status == S.DECISION_STATUS_PENDING_APPROVAL and pending.approval_id
+        listed = approvals.ListPending(S.ListPendingRequest(account_id="grpc-approve"), timeout=5).pending
+        assert [p.approval_id for p in listed] == [pending.approval_id]
+        assert listed[0].decision_id == pending.decision_id and listed[0].proposal.decision_id == pending.decision_id
+        decided = approvals.Decide(S.DecideRequest(approval_id=pending.approval_id, approve=False,
+                                                   advisor_id="adv-g", comment="too early"), timeout=5)
+        assert decided.status == S.DECISION_STATUS_REJECTED and HEX64.fullmatch(decided.audit_record_hash)
+        with pytest.raises(grpc.RpcError) as e:
+            approvals.Decide(S.DecideRequest(approval_id=pending.approval_id, approve=True, advisor_id="adv-g"),
+                             timeout=5)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as e:
+            approvals.Decide(S.DecideRequest(approval_id="no-such-approval", approve=True, advisor_id="adv-g"),
+                             timeout=5)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert not approvals.ListPending(S.ListPendingRequest(account_id="grpc-approve"), timeout=5).pending
 
 
 def test_publish_market_data_client_stream(server, stubs):

@@ -3,14 +3,15 @@
 Dependencies: the standard library and the generated protobuf modules in
 ``keel_pb`` (``protobuf`` from PyPI). Put this directory on ``sys.path``::
 
-    from keel_framed import KeelFramedClient, KeelRpcError
+    from keel_framed import KeelFramedClient, KeelRpcError, rebalance_request
     from keel_pb import service_pb2
 
     with KeelFramedClient("127.0.0.1", 50052) as client:
         models = client.call("ListModels", service_pb2.ListModelsRequest())
+        request = rebalance_request(["AAA", "BBB", "CCC"], request_id="r-1")
         try:
-            reply = client.call("Rebalance", service_pb2.RebalanceRequest(features=[0.0] * 12),
-                                timeout_s=0.05)
+            reply = client.call("Rebalance", request, timeout_s=0.5)
+            print(reply.status, reply.decision_id, reply.audit_record_hash)
         except KeelRpcError as e:
             print(e.code, e.name, e.message)
 
@@ -259,20 +260,88 @@ class KeelFramedClient:
         return response
 
 
-def rebalance_request(instrument_ids, features, request_id: str = "", model: str = ""):
-    """A RebalanceRequest in engine-less mode: instrument ids and their raw policy
-    features, row-major in the model's keel.features order."""
+SECTORS = ("technology", "financials", "healthcare", "energy", "utilities")
+HISTORY_END_UNIX_NANOS = 1_795_000_000_000_000_000  # 2026-11-18T11:06:40Z: the last day of generated histories
+NANOS_PER_DAY = 86_400 * 1_000_000_000
+
+
+def price_history(instrument_id: str, price: float, days: int, seed: int = 0,
+                  end_unix_nanos: int = HISTORY_END_UNIX_NANOS):
+    """`days` daily PricePoints of one instrument, oldest first, ending at `price`
+    on `end_unix_nanos`: a random walk (daily volatility 0.5 % to 2.5 %) walked
+    backwards from `price`. Deterministic: the same arguments give the same points."""
+    import random
+    from keel_pb import portfolio_pb2
+    rng = random.Random(f"{seed}:{instrument_id}")
+    daily = 0.005 + 0.02 * rng.random()
+    prices = [float(price)] * max(1, days)
+    for k in range(len(prices) - 2, -1, -1):
+        prices[k] = max(0.01, round(prices[k + 1] / (1.0 + daily * rng.gauss(0.0, 1.0)), 4))
+    return [portfolio_pb2.PricePoint(time_unix_nanos=end_unix_nanos - (len(prices) - 1 - k) * NANOS_PER_DAY, price=p)
+            for k, p in enumerate(prices)]
+
+
+def rebalance_request(instrument_ids, *, request_id: str = "", model: str = "", account_id: str = "acct-1",
+                      history_days: int = 60, seed: int = 0, value: float = 100_000.0, drift: float = 0.2,
+                      holdings=None, cash=None, risk_tolerance: int = 4, max_instrument_weight: float = 0.0,
+                      max_turnover: float = 0.0, cash_weight: float = 0.05, first_rebalance: bool = False):
+    """A realistic RebalanceRequest, deterministic in its arguments.
+
+    Instruments: the k-th id gets price 20 + 10·(k mod 9), a sector from SECTORS,
+    an asset class (every fourth is fixed income, the others equity), an ESG
+    score in 40..89, lot size 1 and, when `history_days` > 0, that many daily
+    prices (``price_history``; 0 leaves the history to the server's market
+    state, fed by PublishMarketData).
+
+    Mandate: equal strategic weights summing to 1 - `cash_weight`, minimum cash
+    2 %, costs of 2 bp (at least 1.00) per order, and the optional
+    `max_instrument_weight` and `max_turnover` caps (0 = none).
+
+    Portfolio of about `value`: by default each instrument is held at its
+    strategic weight off by ±`drift` (relative; alternately over and under,
+    whole units), the rest in cash. `holdings` ({id: quantity}) and `cash`
+    replace either part. `first_rebalance` marks the account's first decision.
+
+    Risk profile: `risk_tolerance` (SRI 1..7; other values are sent as they
+    are, for tests of the server's validation), balanced, 10 years."""
+    import zlib
     from keel_pb import portfolio_pb2, service_pb2
+    ids = list(instrument_ids)
+    prices = [20.0 + 10.0 * (k % 9) for k in range(len(ids))]
+    weight = (1.0 - cash_weight) / len(ids) if ids else 0.0
+    if holdings is None:
+        holdings = {iid: float(round(weight * value / prices[k] * (1.0 + drift * (1 if k % 2 == 0 else -1))))
+                    for k, iid in enumerate(ids)}
+    if cash is None:
+        price_of = dict(zip(ids, prices))
+        cash = max(0.0, value - sum(q * price_of.get(iid, 0.0) for iid, q in holdings.items()))
+    instruments = [
+        portfolio_pb2.Instrument(
+            id=iid, price=prices[k], sector=SECTORS[k % len(SECTORS)],
+            asset_class=(portfolio_pb2.ASSET_CLASS_FIXED_INCOME if k % 4 == 3 else portfolio_pb2.ASSET_CLASS_EQUITY),
+            esg_score=float(40 + zlib.crc32(iid.encode()) % 50), lot_size=1.0,
+            required_knowledge=portfolio_pb2.KNOWLEDGE_LEVEL_BASIC,
+            price_history=price_history(iid, prices[k], history_days, seed) if history_days > 0 else [])
+        for k, iid in enumerate(ids)]
     return service_pb2.RebalanceRequest(
         request_id=request_id, model=model,
-        instruments=[portfolio_pb2.Instrument(id=i, price=100.0) for i in instrument_ids],
-        features=list(features))
+        portfolio=portfolio_pb2.Portfolio(
+            account_id=account_id, cash=float(cash), base_currency="EUR", first_rebalance=first_rebalance,
+            holdings=[portfolio_pb2.Holding(instrument_id=i, quantity=float(q)) for i, q in holdings.items()]),
+        instruments=instruments,
+        risk_profile=portfolio_pb2.RiskProfile(
+            risk_tolerance=risk_tolerance, capacity_for_loss=portfolio_pb2.CAPACITY_FOR_LOSS_SIGNIFICANT,
+            horizon_years=10, knowledge=portfolio_pb2.KNOWLEDGE_LEVEL_INFORMED,
+            objectives=[portfolio_pb2.OBJECTIVE_BALANCED]),
+        mandate=portfolio_pb2.Mandate(
+            strategic_weights=[portfolio_pb2.Weight(id=i, weight=weight) for i in ids],
+            max_instrument_weight=max_instrument_weight, max_turnover=max_turnover,
+            min_cash_weight=0.02, commission_bps=2.0, commission_min=1.0))
 
 
 def _main(argv=None) -> int:
     import argparse
     import os
-    import random
     import sys
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from keel_pb import service_pb2  # noqa: F401 - fail early when protobuf is missing
@@ -284,10 +353,14 @@ def _main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list-models", help="ListModels")
     sub.add_parser("health", help="grpc.health.v1.Health/Check")
-    rb = sub.add_parser("rebalance", help="Rebalance with random raw policy features")
+    rb = sub.add_parser("rebalance", help="Rebalance a generated portfolio (see rebalance_request)")
     rb.add_argument("--assets", type=int, default=5)
-    rb.add_argument("--features", type=int, default=12, help="features per instrument (the model's keel.features)")
+    rb.add_argument("--history-days", type=int, default=60,
+                    help="daily prices per instrument in the request (0: use the server's market state)")
+    rb.add_argument("--account", default="demo-account")
+    rb.add_argument("--risk-tolerance", type=int, default=4, help="SRI 1..7")
     rb.add_argument("--seed", type=int, default=1)
+    rb.add_argument("--json", action="store_true", help="print the response as JSON")
     args = parser.parse_args(argv)
 
     try:
@@ -297,14 +370,17 @@ def _main(argv=None) -> int:
             elif args.command == "health":
                 print(client.call("Check", timeout_s=args.timeout))
             else:
-                rng = random.Random(args.seed)
                 request = rebalance_request(
-                    [f"ASSET{i}" for i in range(args.assets)],
-                    [rng.gauss(0.0, 0.05) for _ in range(args.assets * args.features)], request_id="demo-1")
+                    [f"ASSET{i}" for i in range(args.assets)], request_id="demo-1", account_id=args.account,
+                    history_days=args.history_days, seed=args.seed, risk_tolerance=args.risk_tolerance)
                 start = time.perf_counter()
                 response = client.call("Rebalance", request, timeout_s=args.timeout)
                 elapsed_us = (time.perf_counter() - start) * 1e6
-                print(response)
+                if args.json:
+                    from google.protobuf import json_format
+                    print(json_format.MessageToJson(response))
+                else:
+                    print(response)
                 print(f"round trip: {elapsed_us:.0f} us")
     except KeelRpcError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -600,6 +600,9 @@ public nonisolated struct Keel_V1_Order: Sendable {
   /// lots sold, in order
   public var lotIds: [String] = []
 
+  /// forced by a hard constraint (cap, exclusion, minimum cash, risk)
+  public var required: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1201,7 +1204,7 @@ nonisolated extension Keel_V1_FeatureContribution: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Keel_V1_Order: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Order"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}instrument_id\0\u{1}side\0\u{1}quantity\0\u{3}estimated_price\0\u{1}notional\0\u{3}estimated_cost\0\u{3}expected_benefit\0\u{1}reasons\0\u{3}top_features\0\u{1}explanation\0\u{3}lot_ids\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}instrument_id\0\u{1}side\0\u{1}quantity\0\u{3}estimated_price\0\u{1}notional\0\u{3}estimated_cost\0\u{3}expected_benefit\0\u{1}reasons\0\u{3}top_features\0\u{1}explanation\0\u{3}lot_ids\0\u{1}required\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1220,6 +1223,7 @@ nonisolated extension Keel_V1_Order: SwiftProtobuf.Message, SwiftProtobuf._Messa
       case 9: try { try decoder.decodeRepeatedMessageField(value: &self.topFeatures) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.explanation) }()
       case 11: try { try decoder.decodeRepeatedStringField(value: &self.lotIds) }()
+      case 12: try { try decoder.decodeSingularBoolField(value: &self.required) }()
       default: break
       }
     }
@@ -1259,6 +1263,9 @@ nonisolated extension Keel_V1_Order: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if !self.lotIds.isEmpty {
       try visitor.visitRepeatedStringField(value: self.lotIds, fieldNumber: 11)
     }
+    if self.required != false {
+      try visitor.visitSingularBoolField(value: self.required, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1274,6 +1281,7 @@ nonisolated extension Keel_V1_Order: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if lhs.topFeatures != rhs.topFeatures {return false}
     if lhs.explanation != rhs.explanation {return false}
     if lhs.lotIds != rhs.lotIds {return false}
+    if lhs.required != rhs.required {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -202,13 +202,6 @@ public nonisolated struct Keel_V1_RebalanceRequest: @unchecked Sendable {
   /// Clears the value of `liquidity`. Subsequent reads from it will return its default value.
   public mutating func clearLiquidity() {_uniqueStorage()._liquidity = nil}
 
-  /// Engine-less mode (until the engine lands): raw policy features per
-  /// instrument, in the model's keel.features order, row-major.
-  public var features: [Float] {
-    get {_storage._features}
-    set {_uniqueStorage()._features = newValue}
-  }
-
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -310,10 +303,39 @@ public nonisolated struct Keel_V1_RebalanceResponse: @unchecked Sendable {
     set {_uniqueStorage()._marketStateUnixNanos = newValue}
   }
 
-  /// caveats (e.g. "engine not yet implemented: raw policy scores")
+  /// caveats (e.g. instruments without price history)
   public var note: String {
     get {_storage._note}
     set {_uniqueStorage()._note = newValue}
+  }
+
+  public var cashWeightBefore: Double {
+    get {_storage._cashWeightBefore}
+    set {_uniqueStorage()._cashWeightBefore = newValue}
+  }
+
+  /// after the orders and their estimated costs
+  public var cashWeightAfter: Double {
+    get {_storage._cashWeightAfter}
+    set {_uniqueStorage()._cashWeightAfter = newValue}
+  }
+
+  /// sum of the orders' estimated costs
+  public var totalEstimatedCost: Double {
+    get {_storage._totalEstimatedCost}
+    set {_uniqueStorage()._totalEstimatedCost = newValue}
+  }
+
+  /// portfolio value before trading (cash + holdings)
+  public var totalValue: Double {
+    get {_storage._totalValue}
+    set {_uniqueStorage()._totalValue = newValue}
+  }
+
+  /// time the engine took (features, policy, constraints, orders)
+  public var engineNanos: Int64 {
+    get {_storage._engineNanos}
+    set {_uniqueStorage()._engineNanos = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -881,7 +903,7 @@ nonisolated extension Keel_V1_LotSelection: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Keel_V1_RebalanceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RebalanceRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}portfolio\0\u{1}instruments\0\u{3}risk_profile\0\u{1}mandate\0\u{1}model\0\u{3}as_of_unix_nanos\0\u{1}tax\0\u{1}liquidity\0\u{1}features\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}portfolio\0\u{1}instruments\0\u{3}risk_profile\0\u{1}mandate\0\u{1}model\0\u{3}as_of_unix_nanos\0\u{1}tax\0\u{1}liquidity\0\u{c}\u{a}\u{1}")
 
   fileprivate class _StorageClass {
     var _requestID: String = String()
@@ -893,7 +915,6 @@ nonisolated extension Keel_V1_RebalanceRequest: SwiftProtobuf.Message, SwiftProt
     var _asOfUnixNanos: Int64 = 0
     var _tax: Keel_V1_TaxContext? = nil
     var _liquidity: Keel_V1_LiquidityContext? = nil
-    var _features: [Float] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -913,7 +934,6 @@ nonisolated extension Keel_V1_RebalanceRequest: SwiftProtobuf.Message, SwiftProt
       _asOfUnixNanos = source._asOfUnixNanos
       _tax = source._tax
       _liquidity = source._liquidity
-      _features = source._features
     }
   }
 
@@ -941,7 +961,6 @@ nonisolated extension Keel_V1_RebalanceRequest: SwiftProtobuf.Message, SwiftProt
         case 7: try { try decoder.decodeSingularInt64Field(value: &_storage._asOfUnixNanos) }()
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._tax) }()
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._liquidity) }()
-        case 10: try { try decoder.decodeRepeatedFloatField(value: &_storage._features) }()
         default: break
         }
       }
@@ -981,9 +1000,6 @@ nonisolated extension Keel_V1_RebalanceRequest: SwiftProtobuf.Message, SwiftProt
       try { if let v = _storage._liquidity {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
       } }()
-      if !_storage._features.isEmpty {
-        try visitor.visitPackedFloatField(value: _storage._features, fieldNumber: 10)
-      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1002,7 +1018,6 @@ nonisolated extension Keel_V1_RebalanceRequest: SwiftProtobuf.Message, SwiftProt
         if _storage._asOfUnixNanos != rhs_storage._asOfUnixNanos {return false}
         if _storage._tax != rhs_storage._tax {return false}
         if _storage._liquidity != rhs_storage._liquidity {return false}
-        if _storage._features != rhs_storage._features {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1014,7 +1029,7 @@ nonisolated extension Keel_V1_RebalanceRequest: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RebalanceResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}decision_id\0\u{1}status\0\u{1}targets\0\u{1}orders\0\u{1}compliance\0\u{1}model\0\u{1}summary\0\u{3}approval_id\0\u{3}risk_before\0\u{3}risk_after\0\u{1}turnover\0\u{3}audit_record_hash\0\u{3}market_state_unix_nanos\0\u{1}note\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}decision_id\0\u{1}status\0\u{1}targets\0\u{1}orders\0\u{1}compliance\0\u{1}model\0\u{1}summary\0\u{3}approval_id\0\u{3}risk_before\0\u{3}risk_after\0\u{1}turnover\0\u{3}audit_record_hash\0\u{3}market_state_unix_nanos\0\u{1}note\0\u{3}cash_weight_before\0\u{3}cash_weight_after\0\u{3}total_estimated_cost\0\u{3}total_value\0\u{3}engine_nanos\0")
 
   fileprivate class _StorageClass {
     var _requestID: String = String()
@@ -1032,6 +1047,11 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
     var _auditRecordHash: String = String()
     var _marketStateUnixNanos: Int64 = 0
     var _note: String = String()
+    var _cashWeightBefore: Double = 0
+    var _cashWeightAfter: Double = 0
+    var _totalEstimatedCost: Double = 0
+    var _totalValue: Double = 0
+    var _engineNanos: Int64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1057,6 +1077,11 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
       _auditRecordHash = source._auditRecordHash
       _marketStateUnixNanos = source._marketStateUnixNanos
       _note = source._note
+      _cashWeightBefore = source._cashWeightBefore
+      _cashWeightAfter = source._cashWeightAfter
+      _totalEstimatedCost = source._totalEstimatedCost
+      _totalValue = source._totalValue
+      _engineNanos = source._engineNanos
     }
   }
 
@@ -1090,6 +1115,11 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._auditRecordHash) }()
         case 14: try { try decoder.decodeSingularInt64Field(value: &_storage._marketStateUnixNanos) }()
         case 15: try { try decoder.decodeSingularStringField(value: &_storage._note) }()
+        case 16: try { try decoder.decodeSingularDoubleField(value: &_storage._cashWeightBefore) }()
+        case 17: try { try decoder.decodeSingularDoubleField(value: &_storage._cashWeightAfter) }()
+        case 18: try { try decoder.decodeSingularDoubleField(value: &_storage._totalEstimatedCost) }()
+        case 19: try { try decoder.decodeSingularDoubleField(value: &_storage._totalValue) }()
+        case 20: try { try decoder.decodeSingularInt64Field(value: &_storage._engineNanos) }()
         default: break
         }
       }
@@ -1147,6 +1177,21 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
       if !_storage._note.isEmpty {
         try visitor.visitSingularStringField(value: _storage._note, fieldNumber: 15)
       }
+      if _storage._cashWeightBefore.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._cashWeightBefore, fieldNumber: 16)
+      }
+      if _storage._cashWeightAfter.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._cashWeightAfter, fieldNumber: 17)
+      }
+      if _storage._totalEstimatedCost.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._totalEstimatedCost, fieldNumber: 18)
+      }
+      if _storage._totalValue.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._totalValue, fieldNumber: 19)
+      }
+      if _storage._engineNanos != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._engineNanos, fieldNumber: 20)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1171,6 +1216,11 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
         if _storage._auditRecordHash != rhs_storage._auditRecordHash {return false}
         if _storage._marketStateUnixNanos != rhs_storage._marketStateUnixNanos {return false}
         if _storage._note != rhs_storage._note {return false}
+        if _storage._cashWeightBefore != rhs_storage._cashWeightBefore {return false}
+        if _storage._cashWeightAfter != rhs_storage._cashWeightAfter {return false}
+        if _storage._totalEstimatedCost != rhs_storage._totalEstimatedCost {return false}
+        if _storage._totalValue != rhs_storage._totalValue {return false}
+        if _storage._engineNanos != rhs_storage._engineNanos {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -1,3 +1,4 @@
+import KeelPortfolio
 import KeelTestSupport
 import CoreMetrics
 import Foundation
@@ -11,6 +12,10 @@ enum Fixtures {
     static func policy(weights: [Float] = [1, -0.5, 0.25], bias: Float = 0.1, kind: String? = "policy",
                        featureNames: [String]? = nil, fixedRows: Int? = nil, op: String? = nil) -> [UInt8]
     {
+        // A policy without explicit feature names takes Keel's feature set:
+        // the given weights apply to its first features, the rest weigh 0.
+        let weights = kind == "policy" && featureNames == nil && weights.count < FeatureSet.count
+            ? weights + [Float](repeating: 0, count: FeatureSet.count - weights.count) : weights
         let n = weights.count
         var m = ONNXModel()
         let rows: ONNXModel.Dim = fixedRows.map { .value($0) } ?? .param("assets")
@@ -35,7 +40,8 @@ enum Fixtures {
         }
         var metadata: [(String, String)] = []
         if let kind { metadata.append(("keel.kind", kind)) }
-        let names = featureNames ?? (0..<n).map { "f\($0)" }
+        let names = featureNames
+            ?? (kind == "policy" && n == FeatureSet.count ? FeatureSet.names : (0..<n).map { "f\($0)" })
         metadata.append(("keel.features", names.joined(separator: ",")))
         m.metadata = metadata
         return m.encode()

@@ -237,7 +237,7 @@ class FeatureContribution(_message.Message):
     def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class Order(_message.Message):
-    __slots__ = ("instrument_id", "side", "quantity", "estimated_price", "notional", "estimated_cost", "expected_benefit", "reasons", "top_features", "explanation", "lot_ids")
+    __slots__ = ("instrument_id", "side", "quantity", "estimated_price", "notional", "estimated_cost", "expected_benefit", "reasons", "top_features", "explanation", "lot_ids", "required")
     INSTRUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SIDE_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class Order(_message.Message):
     TOP_FEATURES_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     LOT_IDS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FIELD_NUMBER: _ClassVar[int]
     instrument_id: str
     side: Side
     quantity: float
@@ -260,7 +261,8 @@ class Order(_message.Message):
     top_features: _containers.RepeatedCompositeFieldContainer[FeatureContribution]
     explanation: str
     lot_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, instrument_id: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[float] = ..., estimated_price: _Optional[float] = ..., notional: _Optional[float] = ..., estimated_cost: _Optional[float] = ..., expected_benefit: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[ReasonCode, str]]] = ..., top_features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ..., explanation: _Optional[str] = ..., lot_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    required: bool
+    def __init__(self, instrument_id: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[float] = ..., estimated_price: _Optional[float] = ..., notional: _Optional[float] = ..., estimated_cost: _Optional[float] = ..., expected_benefit: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[ReasonCode, str]]] = ..., top_features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ..., explanation: _Optional[str] = ..., lot_ids: _Optional[_Iterable[str]] = ..., required: _Optional[bool] = ...) -> None: ...
 
 class TargetWeight(_message.Message):
     __slots__ = ("instrument_id", "current_weight", "strategic_weight", "target_weight", "policy_score")

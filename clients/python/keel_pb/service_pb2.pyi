@@ -40,7 +40,7 @@ LOT_SELECTION_FIFO: LotSelection
 LOT_SELECTION_SPECIFIC: LotSelection
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("request_id", "portfolio", "instruments", "risk_profile", "mandate", "model", "as_of_unix_nanos", "tax", "liquidity", "features")
+    __slots__ = ("request_id", "portfolio", "instruments", "risk_profile", "mandate", "model", "as_of_unix_nanos", "tax", "liquidity")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PORTFOLIO_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -50,7 +50,6 @@ class RebalanceRequest(_message.Message):
     AS_OF_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
     TAX_FIELD_NUMBER: _ClassVar[int]
     LIQUIDITY_FIELD_NUMBER: _ClassVar[int]
-    FEATURES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     portfolio: _portfolio_pb2.Portfolio
     instruments: _containers.RepeatedCompositeFieldContainer[_portfolio_pb2.Instrument]
@@ -60,11 +59,10 @@ class RebalanceRequest(_message.Message):
     as_of_unix_nanos: int
     tax: TaxContext
     liquidity: LiquidityContext
-    features: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, request_id: _Optional[str] = ..., portfolio: _Optional[_Union[_portfolio_pb2.Portfolio, _Mapping]] = ..., instruments: _Optional[_Iterable[_Union[_portfolio_pb2.Instrument, _Mapping]]] = ..., risk_profile: _Optional[_Union[_portfolio_pb2.RiskProfile, _Mapping]] = ..., mandate: _Optional[_Union[_portfolio_pb2.Mandate, _Mapping]] = ..., model: _Optional[str] = ..., as_of_unix_nanos: _Optional[int] = ..., tax: _Optional[_Union[TaxContext, _Mapping]] = ..., liquidity: _Optional[_Union[LiquidityContext, _Mapping]] = ..., features: _Optional[_Iterable[float]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., portfolio: _Optional[_Union[_portfolio_pb2.Portfolio, _Mapping]] = ..., instruments: _Optional[_Iterable[_Union[_portfolio_pb2.Instrument, _Mapping]]] = ..., risk_profile: _Optional[_Union[_portfolio_pb2.RiskProfile, _Mapping]] = ..., mandate: _Optional[_Union[_portfolio_pb2.Mandate, _Mapping]] = ..., model: _Optional[str] = ..., as_of_unix_nanos: _Optional[int] = ..., tax: _Optional[_Union[TaxContext, _Mapping]] = ..., liquidity: _Optional[_Union[LiquidityContext, _Mapping]] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("request_id", "decision_id", "status", "targets", "orders", "compliance", "model", "summary", "approval_id", "risk_before", "risk_after", "turnover", "audit_record_hash", "market_state_unix_nanos", "note")
+    __slots__ = ("request_id", "decision_id", "status", "targets", "orders", "compliance", "model", "summary", "approval_id", "risk_before", "risk_after", "turnover", "audit_record_hash", "market_state_unix_nanos", "note", "cash_weight_before", "cash_weight_after", "total_estimated_cost", "total_value", "engine_nanos")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +78,11 @@ class RebalanceResponse(_message.Message):
     AUDIT_RECORD_HASH_FIELD_NUMBER: _ClassVar[int]
     MARKET_STATE_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    CASH_WEIGHT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    CASH_WEIGHT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ESTIMATED_COST_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_NANOS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     decision_id: str
     status: DecisionStatus
@@ -95,7 +98,12 @@ class RebalanceResponse(_message.Message):
     audit_record_hash: str
     market_state_unix_nanos: int
     note: str
-    def __init__(self, request_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., status: _Optional[_Union[DecisionStatus, str]] = ..., targets: _Optional[_Iterable[_Union[_portfolio_pb2.TargetWeight, _Mapping]]] = ..., orders: _Optional[_Iterable[_Union[_portfolio_pb2.Order, _Mapping]]] = ..., compliance: _Optional[_Union[_portfolio_pb2.ComplianceReport, _Mapping]] = ..., model: _Optional[_Union[_portfolio_pb2.ModelRef, _Mapping]] = ..., summary: _Optional[str] = ..., approval_id: _Optional[str] = ..., risk_before: _Optional[_Union[_portfolio_pb2.RiskFigures, _Mapping]] = ..., risk_after: _Optional[_Union[_portfolio_pb2.RiskFigures, _Mapping]] = ..., turnover: _Optional[float] = ..., audit_record_hash: _Optional[str] = ..., market_state_unix_nanos: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+    cash_weight_before: float
+    cash_weight_after: float
+    total_estimated_cost: float
+    total_value: float
+    engine_nanos: int
+    def __init__(self, request_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., status: _Optional[_Union[DecisionStatus, str]] = ..., targets: _Optional[_Iterable[_Union[_portfolio_pb2.TargetWeight, _Mapping]]] = ..., orders: _Optional[_Iterable[_Union[_portfolio_pb2.Order, _Mapping]]] = ..., compliance: _Optional[_Union[_portfolio_pb2.ComplianceReport, _Mapping]] = ..., model: _Optional[_Union[_portfolio_pb2.ModelRef, _Mapping]] = ..., summary: _Optional[str] = ..., approval_id: _Optional[str] = ..., risk_before: _Optional[_Union[_portfolio_pb2.RiskFigures, _Mapping]] = ..., risk_after: _Optional[_Union[_portfolio_pb2.RiskFigures, _Mapping]] = ..., turnover: _Optional[float] = ..., audit_record_hash: _Optional[str] = ..., market_state_unix_nanos: _Optional[int] = ..., note: _Optional[str] = ..., cash_weight_before: _Optional[float] = ..., cash_weight_after: _Optional[float] = ..., total_estimated_cost: _Optional[float] = ..., total_value: _Optional[float] = ..., engine_nanos: _Optional[int] = ...) -> None: ...
 
 class PriceUpdate(_message.Message):
     __slots__ = ("instrument_id", "price", "time_unix_nanos")

@@ -1,0 +1,420 @@
+import Dispatch
+import Foundation
+import GRDB
+import Synchronization
+
+/// The append-only, hash-chained audit log of one SQLite file (docs/AUDIT.md).
+///
+/// Appends are queued and written by one dedicated writer thread (never a
+/// thread of the Swift concurrency pool) with group commit: the writer takes
+/// everything queued (at most `maxBatch` entries), inserts it in one
+/// transaction, commits, and only then completes every append of the batch.
+/// An append that returned is therefore in the file (the WAL) and survives a
+/// process kill; with ``AuditDurability/full`` it also survives a power loss.
+/// When a transaction fails, every append of that batch fails with the same
+/// error and the chain is left as it was: nothing is half acknowledged.
+///
+/// No API edits or deletes a record; the schema's triggers refuse UPDATE and
+/// DELETE, and an INSERT anywhere but at the end of the chain. One process
+/// should own a file's writer; a second writer's appends fail instead of
+/// forking the chain.
+///
+/// Thread safety: every method may be called from any thread or task.
+/// ``close()`` (or releasing the last reference) flushes what is queued and
+/// stops the writer thread.
+public final class AuditLog: Sendable {
+    /// Most entries waiting for the writer; beyond that ``append(_:)`` fails
+    /// with ``AuditError/Code/queueFull`` instead of growing without bound.
+    public static let maxQueued = 65_536
+
+    /// The database file.
+    public let path: String
+    public let durability: AuditDurability
+    /// Most records per transaction.
+    public let maxBatch: Int
+
+    private let writer: Writer
+
+    /// Opens (creating if needed) the audit log at `path` in WAL mode and
+    /// starts its writer thread. A file with records continues their chain.
+    ///
+    /// Throws ``AuditError/Code/corrupt`` when the file is not an SQLite
+    /// database, not a Keel audit log, has another schema version, or when
+    /// its last record's stored hash does not match its contents (the chain
+    /// is not extended past a broken record: run `keel audit verify`), and
+    /// ``AuditError/Code/io`` when it cannot be opened or created.
+    public convenience init(path: String, durability: AuditDurability = .full, maxBatch: Int = 1024) throws(AuditError) {
+        try self.init(path: path, durability: durability, maxBatch: maxBatch, maxQueued: Self.maxQueued)
+    }
+
+    /// As the public initializer, with a smaller queue bound for tests.
+    init(path: String, durability: AuditDurability, maxBatch: Int, maxQueued: Int) throws(AuditError) {
+        guard maxBatch >= 1 else { throw AuditError(.invalidArgument, "maxBatch must be at least 1, not \(maxBatch)") }
+        guard maxQueued >= 1 else { throw AuditError(.invalidArgument, "maxQueued must be at least 1, not \(maxQueued)") }
+        self.path = path
+        self.durability = durability
+        self.maxBatch = maxBatch
+        let database = try AuditStore.open(path: path, readonly: false, durability: durability)
+        let head = try Writer.readHead(database, path: path, verifyingLast: true)
+        writer = Writer(database: database, path: path, head: head, maxBatch: maxBatch, maxQueued: maxQueued)
+        writer.start()
+    }
+
+    deinit {
+        writer.close()
+    }
+
+    /// Queues `entry` and returns once the transaction holding it has
+    /// committed. Suspends the task; never blocks its thread. The append
+    /// completes even if the task is cancelled meanwhile (the record may
+    /// already be committed).
+    ///
+    /// Throws ``AuditError/Code/invalidArgument`` for an entry outside the
+    /// limits of ``AuditEntry`` (checked on the caller's task, before queueing),
+    /// ``AuditError/Code/queueFull`` when ``maxQueued`` entries are waiting,
+    /// ``AuditError/Code/closed`` after ``close()``, and
+    /// ``AuditError/Code/io`` when its transaction failed.
+    public func append(_ entry: AuditEntry) async throws(AuditError) -> AuditReceipt {
+        try Self.validate(entry)
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<AuditReceipt, AuditError>, Never>) in
+            do throws(AuditError) {
+                try writer.enqueue(entry) { continuation.resume(returning: $0) }
+            } catch {
+                continuation.resume(returning: .failure(error))
+            }
+        }
+        return try result.get()
+    }
+
+    /// ``append(_:)`` that blocks the calling thread until the commit. For
+    /// tools and tests; server code on the concurrency pool uses ``append(_:)``.
+    public func appendAndWait(_ entry: AuditEntry) throws(AuditError) -> AuditReceipt {
+        try Self.validate(entry)
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Mutex<Result<AuditReceipt, AuditError>?>(nil)
+        try writer.enqueue(entry) { result in
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        guard let result = outcome.withLock({ $0 }) else {
+            throw AuditError(.io, "\(path): the writer completed an append without a result")
+        }
+        return try result.get()
+    }
+
+    /// Account ids with at least one decision record, committed ones only.
+    /// The first call reads them from the file; later calls copy a set the
+    /// writer keeps current.
+    public func accountsWithDecisions() throws(AuditError) -> Set<String> {
+        try writer.accountsWithDecisions()
+    }
+
+    /// Number of committed records (the sequence of the last one).
+    public var count: Int64 {
+        writer.committedCount
+    }
+
+    /// Hash of the last committed record; 64 zeros (the genesis `prev_hash`)
+    /// when the log is empty. Worth logging: a head hash kept outside the
+    /// file anchors the chain (docs/AUDIT.md).
+    public var headHash: String {
+        writer.headHash
+    }
+
+    /// Stops accepting appends (later ones throw ``AuditError/Code/closed``),
+    /// waits for the writer to commit what is queued, stops it and closes the
+    /// file. Idempotent; blocks the calling thread until the writer is done.
+    public func close() {
+        writer.close()
+    }
+
+    /// Transactions committed by this instance (tests: proof of group commit).
+    var transactionCount: Int {
+        writer.transactionCount
+    }
+
+    /// Holds the writer before its next batch, so tests can fill the queue.
+    func pauseWriter() { writer.setPaused(true) }
+    /// Lets a paused writer continue.
+    func resumeWriter() { writer.setPaused(false) }
+    /// Entries waiting for the writer.
+    var queuedCount: Int { writer.queuedCount }
+    /// `PRAGMA name` on the writer's connection, as text (tests).
+    func pragma(_ name: String) throws -> String? {
+        try writer.database.read { db in
+            switch try DatabaseValue.fetchOne(db, sql: "PRAGMA \(name)")?.storage {
+            case .int64(let n): String(n)
+            case .string(let s): s
+            default: nil
+            }
+        }
+    }
+
+    static func validate(_ entry: AuditEntry) throws(AuditError) {
+        for (name, value) in [("accountID", entry.accountID), ("decisionID", entry.decisionID)] {
+            guard value.utf8.count <= AuditEntry.maxIDBytes else {
+                throw AuditError(.invalidArgument,
+                                 "\(name) is \(value.utf8.count) bytes; at most \(AuditEntry.maxIDBytes) allowed")
+            }
+            guard !value.utf8.contains(0) else {
+                throw AuditError(.invalidArgument, "\(name) contains a NUL character")
+            }
+        }
+        guard entry.payload.count <= AuditEntry.maxPayloadBytes else {
+            throw AuditError(.invalidArgument,
+                             "payload is \(entry.payload.count) bytes; at most \(AuditEntry.maxPayloadBytes) allowed")
+        }
+        do {
+            _ = try AuditStore.decodePayload(entry.payload, kind: entry.kind)
+        } catch {
+            throw AuditError(.invalidArgument, error.reason)
+        }
+    }
+}
+
+// MARK: - Writer
+
+/// The queue, the chain head and the writer thread behind an ``AuditLog``.
+/// The thread holds a reference to this object, not to the log, so releasing
+/// the log closes it.
+private final class Writer: Sendable {
+    typealias Completion = @Sendable (Result<AuditReceipt, AuditError>) -> Void
+
+    struct Pending {
+        let entry: AuditEntry
+        let complete: Completion
+    }
+
+    struct Head {
+        var sequence: Int64
+        var hash: String
+        var recordedUnixNanos: Int64
+    }
+
+    struct State {
+        var queue: [Pending] = []
+        var head: Head
+        /// The writer waits on `wake`; whoever finds it idle signals once.
+        var writerIdle = false
+        var closing = false
+        var paused = false
+        var transactionCount = 0
+        /// nil until ``accountsWithDecisions()`` first reads them.
+        var accounts: Set<String>?
+    }
+
+    let database: DatabaseQueue
+    let path: String
+    let maxBatch: Int
+    let maxQueued: Int
+    private let state: Mutex<State>
+    private let wake = DispatchSemaphore(value: 0)
+    /// Signalled once the thread has exited; waiters re-signal it.
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(database: DatabaseQueue, path: String, head: Head, maxBatch: Int, maxQueued: Int) {
+        self.database = database
+        self.path = path
+        self.maxBatch = maxBatch
+        self.maxQueued = maxQueued
+        state = Mutex(State(head: head))
+    }
+
+    func start() {
+        let thread = Thread { [self] in run() }
+        thread.name = "keel-audit-writer"
+        thread.start()
+    }
+
+    var committedCount: Int64 { state.withLock { $0.head.sequence } }
+    var headHash: String { state.withLock { $0.head.hash } }
+    var transactionCount: Int { state.withLock { $0.transactionCount } }
+    var queuedCount: Int { state.withLock { $0.queue.count } }
+
+    func enqueue(_ entry: AuditEntry, _ complete: @escaping Completion) throws(AuditError) {
+        let signal = try state.withLock { (s: inout State) throws(AuditError) -> Bool in
+            if s.closing { throw AuditError(.closed, "\(path): the audit log is closed") }
+            guard s.queue.count < maxQueued else {
+                throw AuditError(.queueFull, "\(path): audit queue full (\(maxQueued) entries waiting for the disk)")
+            }
+            s.queue.append(Pending(entry: entry, complete: complete))
+            guard s.writerIdle else { return false }
+            s.writerIdle = false
+            return true
+        }
+        if signal { wake.signal() }
+    }
+
+    func setPaused(_ paused: Bool) {
+        let signal = state.withLock { s in
+            s.paused = paused
+            guard !paused, s.writerIdle else { return false }
+            s.writerIdle = false
+            return true
+        }
+        if signal { wake.signal() }
+    }
+
+    func close() {
+        let signal = state.withLock { s in
+            s.closing = true
+            guard s.writerIdle else { return false }
+            s.writerIdle = false
+            return true
+        }
+        if signal { wake.signal() }
+        finished.wait()
+        finished.signal()
+    }
+
+    // MARK: Writer thread
+
+    private enum Next {
+        case batch([Pending])
+        case sleep
+        case exit
+    }
+
+    private func run() {
+        while true {
+            let next = state.withLock { (s: inout State) -> Next in
+                if !s.queue.isEmpty && (!s.paused || s.closing) {
+                    if s.queue.count <= maxBatch {
+                        defer { s.queue = [] }
+                        return .batch(s.queue)
+                    }
+                    let batch = Array(s.queue.prefix(maxBatch))
+                    s.queue.removeFirst(maxBatch)
+                    return .batch(batch)
+                }
+                if s.closing { return .exit }
+                s.writerIdle = true
+                return .sleep
+            }
+            switch next {
+            case .batch(let batch): commit(batch)
+            case .sleep: wake.wait()
+            case .exit:
+                try? database.close()
+                finished.signal()
+                return
+            }
+        }
+    }
+
+    /// Writes `batch` in one transaction and completes every entry of it.
+    private func commit(_ batch: [Pending]) {
+        let start = state.withLock { $0.head }
+        var receipts: [AuditReceipt] = []
+        receipts.reserveCapacity(batch.count)
+        do {
+            try database.writeWithoutTransaction { db in
+                var head = start
+                try db.inTransaction(.immediate) {
+                    head.recordedUnixNanos = max(AuditStore.nowUnixNanos(), start.recordedUnixNanos)
+                    let insert = try db.cachedStatement(sql: AuditStore.insertSQL)
+                    for pending in batch {
+                        let entry = pending.entry
+                        let sequence = head.sequence + 1
+                        let hash = AuditStore.hash(
+                            prevHash: head.hash, sequence: sequence, recordedUnixNanos: head.recordedUnixNanos,
+                            kind: entry.kind.rawValue, accountID: entry.accountID, decisionID: entry.decisionID,
+                            payload: entry.payload)
+                        try insert.execute(arguments: [
+                            sequence, head.recordedUnixNanos, entry.kind.rawValue, entry.accountID,
+                            entry.decisionID, Data(entry.payload), head.hash, hash,
+                        ])
+                        receipts.append(AuditReceipt(sequence: sequence, hash: hash))
+                        head.sequence = sequence
+                        head.hash = hash
+                    }
+                    return .commit
+                }
+                // Committed. Still inside the database access, so a concurrent
+                // first read of the account set cannot miss this batch.
+                state.withLock { s in
+                    s.head = head
+                    s.transactionCount += 1
+                    if s.accounts != nil {
+                        for pending in batch where pending.entry.kind == .decision {
+                            s.accounts?.insert(pending.entry.accountID)
+                        }
+                    }
+                }
+            }
+        } catch {
+            let failure = AuditStore.auditError(path, error, doing: "cannot commit \(batch.count) audit record(s)")
+            // The transaction rolled back; re-read the head in case another
+            // writer moved it (a stale head only makes later batches fail).
+            if let head = try? Self.readHead(database, path: path, verifyingLast: false) {
+                state.withLock { $0.head = head }
+            }
+            for pending in batch { pending.complete(.failure(failure)) }
+            return
+        }
+        for (pending, receipt) in zip(batch, receipts) { pending.complete(.success(receipt)) }
+    }
+
+    func accountsWithDecisions() throws(AuditError) -> Set<String> {
+        if let cached = state.withLock({ $0.accounts }) { return cached }
+        do {
+            return try database.writeWithoutTransaction { db in
+                if let cached = state.withLock({ $0.accounts }) { return cached }
+                var accounts = Set<String>()
+                let cursor = try DatabaseValue.fetchCursor(
+                    db, sql: "SELECT DISTINCT account_id FROM audit_records WHERE kind = 'decision'")
+                while let value = try cursor.next() {
+                    if case .string(let id) = value.storage { accounts.insert(id) }
+                }
+                state.withLock { $0.accounts = accounts }
+                return accounts
+            }
+        } catch {
+            throw AuditStore.auditError(path, error, doing: "cannot read the accounts with decisions")
+        }
+    }
+
+    /// The last record's sequence, hash and time (genesis for an empty log).
+    /// With `verifyingLast`, a last record whose stored hash does not match
+    /// its contents is an error: the chain is not extended past it.
+    static func readHead(_ database: DatabaseQueue, path: String, verifyingLast: Bool) throws(AuditError) -> Head {
+        let row: AuditStore.StoredRecord?
+        do {
+            row = try database.read { db -> AuditStore.StoredRecord? in
+                guard let raw = try Row.fetchOne(
+                    db, sql: "SELECT \(AuditStore.selectList) FROM audit_records ORDER BY sequence DESC LIMIT 1")
+                else { return nil }
+                switch AuditStore.StoredRecord.decode(raw) {
+                case .success(let record): return record
+                case .failure(let malformed):
+                    let which = malformed.sequence.map { "record \($0)" } ?? "the last record"
+                    throw AuditError(.corrupt, "\(path): \(which): \(malformed.reason); "
+                                     + "refusing to extend a broken chain (run keel audit verify)")
+                }
+            }
+        } catch {
+            throw AuditStore.auditError(path, error, doing: "cannot read the last record")
+        }
+        guard let last = row else {
+            return Head(sequence: 0, hash: AuditStore.genesisHash, recordedUnixNanos: 0)
+        }
+        if verifyingLast {
+            var problem: String?
+            if last.kind == nil {
+                problem = "unknown kind '\(last.kindText)'"
+            } else if !AuditStore.isHashText(last.hash) {
+                problem = "stored hash is not 64 lowercase hexadecimal characters"
+            } else if last.recomputedHash() != last.hash {
+                problem = "stored hash does not match the record's contents"
+            } else if last.sequence < 1 {
+                problem = "sequence is not positive"
+            }
+            if let problem {
+                throw AuditError(.corrupt, "\(path): record \(last.sequence): \(problem); "
+                                 + "refusing to extend a broken chain (run keel audit verify)")
+            }
+        }
+        return Head(sequence: last.sequence, hash: last.hash, recordedUnixNanos: last.recordedUnixNanos)
+    }
+}

@@ -1,0 +1,167 @@
+extension RebalanceEngine {
+    /// Top features per order by batched occlusion: for every ordered asset
+    /// and every feature, a row with that feature replaced by its
+    /// cross-sectional mean, all scored in one policy call. A feature's
+    /// contribution is the asset's score minus the occluded score.
+    func explain(_ plan: inout Plan, x: Prepared, features: [Float], scores: [Float], z: [Double],
+                 policy: some PolicyScorer, limits: Limits, maxVol: Double) throws(EngineError)
+    {
+        let width = FeatureSet.count
+        let assets = plan.orderAsset
+        if !assets.isEmpty && config.topFeatures > 0 {
+            var mean = [Double](repeating: 0, count: width)
+            for i in 0..<x.n { for j in 0..<width { mean[j] += Double(features[i * width + j]) } }
+            for j in 0..<width { mean[j] /= Double(x.n) }
+            let rows = assets.count * width
+            var batch = [Float](repeating: 0, count: rows * width)
+            for (k, i) in assets.enumerated() {
+                for j in 0..<width {
+                    let row = (k * width + j) * width
+                    for c in 0..<width { batch[row + c] = features[i * width + c] }
+                    batch[row + j] = Float(mean[j])
+                }
+            }
+            let occluded: [Float]
+            do {
+                occluded = try policy.scores(batch, rows: rows)
+            } catch {
+                throw EngineError(.policyFailed, "the policy failed on the explanation batch (\(rows) rows): \(error)")
+            }
+            guard occluded.count == rows else {
+                throw EngineError(.policyFailed, "the policy gave \(occluded.count) scores for \(rows) explanation rows")
+            }
+            for (k, i) in assets.enumerated() {
+                var contributions: [FeatureContribution] = []
+                for j in 0..<width {
+                    let c = Double(scores[i]) - Double(occluded[k * width + j])
+                    contributions.append(FeatureContribution(feature: FeatureSet.names[j],
+                                                             value: Double(features[i * width + j]),
+                                                             contribution: c.isFinite ? c : 0))
+                }
+                contributions.sort { a, b in
+                    abs(a.contribution) != abs(b.contribution) ? abs(a.contribution) > abs(b.contribution) : a.feature < b.feature
+                }
+                plan.orders[k].topFeatures = Array(contributions.prefix(config.topFeatures))
+            }
+        }
+        for (k, i) in assets.enumerated() {
+            plan.orders[k].explanation = Summary.explanation(plan.orders[k], asset: i, x: x, z: z[i], limits: limits,
+                                                             weightAfter: plan.outcome.weights[i], maxVol: maxVol)
+        }
+    }
+}
+
+/// Plain-language text for advisors and clients.
+enum Summary {
+    static func money(_ v: Double) -> String {
+        // Int(_:) traps beyond ±9.2e18: a request with absurd (but finite)
+        // prices must not crash the process, so huge amounts print as is.
+        guard v.isFinite, abs(v) < 1e15 else { return String(v) }
+        let cents = (abs(v) * 100).rounded()
+        let whole = Int(cents / 100)
+        let frac = Int(cents.truncatingRemainder(dividingBy: 100))
+        var digits = String(whole)
+        var grouped = ""
+        while digits.count > 3 {
+            grouped = "," + digits.suffix(3) + grouped
+            digits.removeLast(3)
+        }
+        return (v < 0 ? "-" : "") + digits + grouped + "." + (frac < 10 ? "0" : "") + String(frac)
+    }
+
+    static func number(_ v: Double) -> String {
+        if v == v.rounded() && abs(v) < 1e15 { return String(Int(v)) }
+        return String((v * 10_000).rounded() / 10_000)
+    }
+
+    static func explanation(_ order: Order, asset i: Int, x: Prepared, z: Double, limits: Limits, weightAfter: Double,
+                            maxVol: Double) -> String
+    {
+        let verb = order.side == .buy ? "Buy" : "Sell"
+        var parts: [String] = []
+        let instrument = x.input.instruments[i]
+        for reason in order.reasons {
+            switch reason {
+            case .exclusion: parts.append("the mandate excludes it")
+            case .esgExclusion:
+                parts.append("its ESG score \(number(instrument.esgScore ?? 0)) is below the floor of "
+                    + "\(number(x.input.mandate.esgFloor))")
+            case .cap:
+                if limits.hiReason[i] == .instrumentCap && x.w0[i] > limits.hi[i] {
+                    parts.append("it is \(pct(x.w0[i])) of the portfolio, above the \(pct(limits.hi[i])) cap")
+                } else if limits.sectorOf[i] >= 0 {
+                    parts.append("sector \(instrument.sector) is above its cap")
+                } else {
+                    parts.append("its asset class is above its cap")
+                }
+            case .cashTarget:
+                parts.append(order.side == .sell
+                    ? "to keep cash at or above the \(pct(x.input.mandate.minCashWeight)) minimum"
+                    : "to invest cash above the target")
+            case .riskLimit: parts.append("to keep portfolio volatility within the \(pct(maxVol)) the client's profile allows")
+            case .suitability: parts.append("its size is limited by the client's risk profile")
+            case .drift:
+                parts.append("it moves the weight from \(pct(x.w0[i])) to \(pct(weightAfter)), toward the strategic "
+                    + "\(pct(x.strategic[i]))")
+            case .policySignal:
+                let sign = z >= 0 ? "+" : ""
+                var text = "the policy scores it \(sign)\((z * 100).rounded() / 100) standard deviations from the portfolio's mean"
+                if let top = order.topFeatures.first { text += " (mostly \(top.feature))" }
+                parts.append(text)
+            case .tax, .liquidity, .washSaleBlock: parts.append(reason.rawValue.lowercased())
+            }
+        }
+        let head = "\(verb) \(number(order.quantity)) \(order.instrumentID) (about \(money(order.notional))): "
+        return head + parts.joined(separator: "; ") + ". Estimated cost \(money(order.estimatedCost))"
+            + (order.required ? ", required by a hard constraint." : ", expected benefit \(money(order.expectedBenefit)).")
+    }
+
+    static func paragraph(_ d: RebalanceDecision, profile: RiskProfile, volRule: String) -> String {
+        switch d.status {
+        case .infeasible:
+            return "No trades are proposed because the portfolio's constraints cannot all be met at once: "
+                + d.compliance.conflicts.joined(separator: "; ")
+                + ". The mandate or the client's profile needs to change before this account can be rebalanced."
+        case .noTrade:
+            // A portfolio already above its volatility limit may be left as it
+            // is (trades may not raise volatility further, and none that lowers
+            // it was worth its cost or fitted the turnover cap): then it is not
+            // "within the client's risk profile", and the summary says so.
+            if d.riskBefore.volatility > d.riskBefore.maxVolatility * (1 + 1e-9) {
+                return "No trades are proposed. The portfolio is within its mandate, but its volatility "
+                    + "\(pct(d.riskBefore.volatility)) is above the \(pct(d.riskBefore.maxVolatility)) the client's risk "
+                    + "profile allows, and no trade that would lower it is worth its cost within the mandate's limits; "
+                    + "the allocation should be reviewed with the client."
+            }
+            return "No trades are proposed: the portfolio is within its mandate and the client's risk profile "
+                + "(volatility \(pct(d.riskBefore.volatility)), limit \(pct(d.riskBefore.maxVolatility))), and no "
+                + "trade's expected benefit would cover its cost."
+        case .executable:
+            let buys = d.orders.filter { $0.side == .buy }, sells = d.orders.filter { $0.side == .sell }
+            let traded = d.orders.reduce(0) { $0 + $1.notional }
+            var text = "We propose \(d.orders.count) trade\(d.orders.count == 1 ? "" : "s") (\(buys.count) "
+                + "buy\(buys.count == 1 ? "" : "s"), \(sells.count) sale\(sells.count == 1 ? "" : "s")) worth about "
+                + "\(money(traded)) in all, a one-way turnover of \(pct(d.turnover)) of the portfolio. "
+            var why: [String] = []
+            let count = { (code: ReasonCode) in d.orders.filter { $0.reasons.contains(code) }.count }
+            if count(.exclusion) + count(.esgExclusion) > 0 {
+                why.append("\(count(.exclusion) + count(.esgExclusion)) sell excluded or low-ESG holdings")
+            }
+            if count(.cap) > 0 { why.append("\(count(.cap)) bring positions back under their caps") }
+            if count(.drift) > 0 { why.append("\(count(.drift)) bring the allocation back toward its strategic weights") }
+            if count(.policySignal) > 0 { why.append("\(count(.policySignal)) follow the model's market signal") }
+            if count(.riskLimit) + count(.suitability) > 0 {
+                why.append("\(count(.riskLimit) + count(.suitability)) are sized to respect the client's risk profile")
+            }
+            if count(.cashTarget) > 0 { why.append("\(count(.cashTarget)) manage the cash balance") }
+            if !why.isEmpty { text += "Of these, " + why.joined(separator: ", ") + ". " }
+            text += "Expected portfolio volatility moves from \(pct(d.riskBefore.volatility)) to "
+                + "\(pct(d.riskAfter.volatility)) (the client's profile, risk tolerance \(profile.riskTolerance) of 7, "
+                + "allows up to \(pct(d.riskAfter.maxVolatility))), and tracking error against the strategic allocation "
+                + "from \(pct(d.riskBefore.trackingError)) to \(pct(d.riskAfter.trackingError)). Estimated trading costs "
+                + "are \(money(d.totalEstimatedCost)). Every trade respects the mandate's limits and the client's "
+                + "suitability profile."
+            return text
+        }
+    }
+}

@@ -1,0 +1,290 @@
+/// The hard constraints of one rebalance, in weight space, and the exact,
+/// deterministic geometry the engine uses on them.
+///
+/// The feasible set of instrument weights w (cash = 1 − Σw) is
+///
+///     0 ≤ wᵢ ≤ hiᵢ,  Σ_{i∈sector g} wᵢ ≤ capₛ(g),  Σ_{i∈class k} wᵢ ≤ capₐ(k),  Σ wᵢ ≤ 1 − min cash
+///
+/// where hiᵢ folds in the instrument cap, exclusions (0), the ESG floor (0)
+/// and "may not buy" (knowledge above the client's, or unrated under an ESG
+/// floor: hiᵢ ≤ current weight). Every constraint is an upper bound, so the
+/// set is closed under reduction: lowering any weight of a feasible point
+/// keeps it feasible. Turnover and the suitability volatility limit are
+/// convex in w, and are enforced along the segment from the forced point to
+/// the target (see ``RebalanceEngine``).
+struct Limits {
+    enum Bound: Equatable {
+        case none, instrumentCap, excluded, esg, knowledge, unratedESG
+    }
+
+    let n: Int
+    /// Upper bound per asset, and why.
+    var hi: [Double]
+    var hiReason: [Bound]
+    /// Buying is not allowed (knowledge, unrated under an ESG floor, excluded).
+    var noBuy: [Bool]
+    /// Group index per asset, or -1.
+    let sectorOf: [Int]
+    let sectorNames: [String]
+    let sectorCaps: [Double]
+    let classOf: [Int]
+    let classNames: [String]
+    let classCaps: [Double]
+    let investedCap: Double
+
+    init(instruments: [Instrument], current: [Double], mandate: Mandate, profile: RiskProfile) {
+        n = instruments.count
+        var hi = [Double](repeating: 1, count: n)
+        var reason = [Bound](repeating: .none, count: n)
+        var noBuy = [Bool](repeating: false, count: n)
+        for (i, instrument) in instruments.enumerated() {
+            if let cap = mandate.maxInstrumentWeight, cap < hi[i] { hi[i] = cap; reason[i] = .instrumentCap }
+            if mandate.excludedInstruments.contains(instrument.id) {
+                hi[i] = 0; reason[i] = .excluded; noBuy[i] = true
+            } else if mandate.esgFloor > 0, let score = instrument.esgScore, score < mandate.esgFloor {
+                hi[i] = 0; reason[i] = .esg; noBuy[i] = true
+            } else {
+                if instrument.requiredKnowledge > profile.knowledge {
+                    noBuy[i] = true
+                    if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .knowledge }
+                }
+                if mandate.esgFloor > 0 && instrument.esgScore == nil {
+                    noBuy[i] = true
+                    if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .unratedESG }
+                }
+            }
+        }
+        self.hi = hi
+        self.hiReason = reason
+        self.noBuy = noBuy
+        func groups(_ key: (Instrument) -> String?, _ caps: [String: Double]) -> ([Int], [String], [Double]) {
+            var names: [String] = []
+            var index: [String: Int] = [:]
+            var of = [Int](repeating: -1, count: instruments.count)
+            for (i, instrument) in instruments.enumerated() {
+                guard let k = key(instrument), caps[k] != nil else { continue }
+                if let g = index[k] { of[i] = g } else { index[k] = names.count; of[i] = names.count; names.append(k) }
+            }
+            return (of, names, names.map { caps[$0]! })
+        }
+        (sectorOf, sectorNames, sectorCaps) = groups({ $0.sector }, mandate.sectorCaps)
+        var classCaps: [String: Double] = [:]
+        for (k, v) in mandate.assetClassCaps { classCaps[k.rawValue] = v }
+        (classOf, classNames, self.classCaps) = groups({ $0.assetClass.rawValue }, classCaps)
+        investedCap = max(0, 1 - mandate.minCashWeight)
+    }
+
+    // MARK: - Feasibility
+
+    /// The first violated constraint of `w`, or nil (relative tolerance 1e-9).
+    func violation(_ w: [Double], tolerance: Double = 1e-9) -> String? {
+        var total = 0.0
+        for i in 0..<n {
+            if w[i] < -tolerance { return "weight \(i) negative" }
+            if w[i] > hi[i] + tolerance { return "weight \(i) above its bound" }
+            total += w[i]
+        }
+        if total > investedCap + tolerance { return "invested weight above 1 - min cash" }
+        for (g, s) in groupSums(w, sectorOf, sectorCaps.count).enumerated() where s > sectorCaps[g] + tolerance {
+            return "sector \(sectorNames[g]) above its cap"
+        }
+        for (g, s) in groupSums(w, classOf, classCaps.count).enumerated() where s > classCaps[g] + tolerance {
+            return "asset class \(classNames[g]) above its cap"
+        }
+        return nil
+    }
+
+    func groupSums(_ w: [Double], _ of: [Int], _ count: Int) -> [Double] {
+        var sums = [Double](repeating: 0, count: count)
+        for i in 0..<n where of[i] >= 0 { sums[of[i]] += w[i] }
+        return sums
+    }
+
+    // MARK: - Forced point
+
+    /// Which hard constraint forces a sale of an asset. `volatility` is set
+    /// by the engine, not here: when the forced sales leave the portfolio
+    /// above its allowed volatility, it scales the forced point toward cash.
+    enum Force: Equatable { case none, instrumentCap, excluded, esg, sectorCap, classCap, minCash, volatility }
+
+    /// Excess over a group cap or the invested cap that counts as a breach.
+    /// Sums of weights that are exactly at a limit can exceed it by a few
+    /// ulps; treating that noise as a breach scaled every member (or every
+    /// holding) by (1 − 1e-12), and for large positions that rounds up to a
+    /// forced sale of one lot each. The forced point stays within 1e-12 of
+    /// every limit, well inside the 1e-9 compliance tolerance.
+    static let breachTolerance = 1e-12
+
+    /// The point closest to `current` reachable by sales alone that satisfies
+    /// every static constraint: clip to the bounds, scale down over-cap
+    /// sectors and asset classes, then scale everything down to the invested
+    /// cap. Reductions only, so the result is feasible and each asset's sale
+    /// is attributed to the first constraint that forced it.
+    func forcedPoint(_ current: [Double]) -> (point: [Double], force: [Force]) {
+        var f = current
+        var force = [Force](repeating: .none, count: n)
+        for i in 0..<n where f[i] > hi[i] {
+            f[i] = hi[i]
+            switch hiReason[i] {
+            case .excluded: force[i] = .excluded
+            case .esg: force[i] = .esg
+            default: force[i] = .instrumentCap
+            }
+        }
+        scaleGroups(&f, sectorOf, sectorCaps, &force, .sectorCap)
+        scaleGroups(&f, classOf, classCaps, &force, .classCap)
+        let total = f.reduce(0, +)
+        if total > investedCap + Self.breachTolerance {
+            let k = total > 0 ? investedCap / total * (1 - 1e-12) : 0
+            for i in 0..<n where f[i] > 0 {
+                f[i] *= k
+                if force[i] == .none { force[i] = .minCash }
+            }
+        }
+        return (f, force)
+    }
+
+    private func scaleGroups(_ w: inout [Double], _ of: [Int], _ caps: [Double], _ force: inout [Force],
+                             _ tag: Force)
+    {
+        let sums = groupSums(w, of, caps.count)
+        for g in 0..<caps.count where sums[g] > caps[g] + Self.breachTolerance {
+            let k = sums[g] > 0 ? caps[g] / sums[g] * (1 - 1e-12) : 0
+            for i in 0..<n where of[i] == g && w[i] > 0 {
+                w[i] *= k
+                if force[i] == .none { force[i] = tag }
+            }
+        }
+    }
+
+    // MARK: - Projection
+
+    /// The Euclidean projection of `target` onto the static constraints with
+    /// Σw = `invested` (less where the bounds cannot hold that much):
+    /// Dykstra's alternating projections between the box-and-budget set (an
+    /// exact water-filling) and the sector and asset-class half-spaces
+    /// (exact per group), until the iterate moves less than 1e-13, at most
+    /// 500 sweeps. A last reduction step then makes every constraint hold
+    /// exactly. Deterministic: no randomness, fixed iteration order.
+    func project(_ target: [Double], invested: Double) -> [Double] {
+        let s = min(invested, investedCap)
+        let first = waterfill(target, s)
+        if sectorCaps.isEmpty && classCaps.isEmpty { return reduceToFeasible(first) }
+        // Dykstra with three sets: A (box + budget), S (sectors), C (classes).
+        var pA = [Double](repeating: 0, count: n)
+        var pS = pA, pC = pA
+        var y = target
+        var u = pA
+        var shift = Double.nan
+        // Stopping: Dykstra's iterate can stand still for several sweeps
+        // while its corrections (pA, pS, pC) still grow, and then move on
+        // (e.g. a capped sector whose excess must go to another asset). So
+        // convergence is judged on the corrections too (Birgin & Raydan's
+        // criterion); stopping on the iterate alone returned points well short
+        // of the budget.
+        for _ in 0..<500 {
+            var moved = 0.0
+            for i in 0..<n { u[i] = y[i] + pA[i] }
+            let a = waterfill(u, s, shift: &shift)
+            for i in 0..<n { let q = u[i] - a[i]; moved = max(moved, abs(q - pA[i])); pA[i] = q }
+            for i in 0..<n { u[i] = a[i] + pS[i] }
+            let b = halfspaces(u, sectorOf, sectorCaps)
+            for i in 0..<n { let q = u[i] - b[i]; moved = max(moved, abs(q - pS[i])); pS[i] = q }
+            for i in 0..<n { u[i] = b[i] + pC[i] }
+            let c = halfspaces(u, classOf, classCaps)
+            for i in 0..<n { let q = u[i] - c[i]; moved = max(moved, abs(q - pC[i])); pC[i] = q }
+            for i in 0..<n { moved = max(moved, abs(c[i] - y[i])) }
+            y = c
+            if moved < 1e-13 { break }
+        }
+        let x = y
+        return reduceToFeasible(x)
+    }
+
+    /// Lowers `w` until every static constraint holds exactly: clip to
+    /// [0, hi], scale over-cap groups down, scale down to the invested cap.
+    func reduceToFeasible(_ w: [Double]) -> [Double] {
+        var x = w
+        for i in 0..<n { x[i] = min(max(x[i], 0), hi[i]) }
+        var ignored = [Force](repeating: .none, count: n)
+        scaleGroups(&x, sectorOf, sectorCaps, &ignored, .sectorCap)
+        scaleGroups(&x, classOf, classCaps, &ignored, .classCap)
+        let total = x.reduce(0, +)
+        if total > investedCap, total > 0 {
+            let k = investedCap / total * (1 - 1e-12)
+            for i in 0..<n { x[i] *= k }
+        }
+        return x
+    }
+
+    /// Projection onto {0 ≤ w ≤ hi, Σw = s}: wᵢ = clamp(tᵢ − λ, 0, hiᵢ).
+    /// When Σhi ≤ s the bounds win: w = hi.
+    func waterfill(_ t: [Double], _ s: Double) -> [Double] {
+        var shift = Double.nan
+        return waterfill(t, s, shift: &shift)
+    }
+
+    /// The same, with `shift` a starting guess for λ (NaN: none) that is
+    /// replaced by the λ found. g(λ) = Σ clamp(tᵢ − λ, 0, hiᵢ) is continuous,
+    /// non-increasing and piecewise linear; within the piece that holds the
+    /// answer a Newton step is exact. So: Newton steps, kept inside a bracket
+    /// [lo, up] with g(lo) > s ≥ g(up), bisecting when a step leaves it.
+    /// O(n) per step and no sort; Dykstra's sweeps pass the previous λ, which
+    /// usually lies in the right piece already, so one or two steps suffice.
+    /// (Sorting the 2n breakpoints on every call made the projection with
+    /// group caps the most expensive part of a decision.)
+    func waterfill(_ t: [Double], _ s: Double, shift: inout Double) -> [Double] {
+        var capacity = 0.0
+        var lo = Double.infinity, up = -Double.infinity
+        for i in 0..<n where hi[i] > 0 {
+            capacity += hi[i]
+            lo = min(lo, t[i] - hi[i])
+            up = max(up, t[i])
+        }
+        if capacity <= s { return hi }
+        // g(lo) = Σhi > s and g(up) = 0.
+        if s <= 0 { shift = up; return clampShift(t, up) }
+        var lambda = shift.isFinite && shift > lo && shift < up ? shift : (lo + up) / 2
+        for _ in 0..<200 {
+            var g = 0.0
+            var slope = 0
+            for i in 0..<n {
+                let v = t[i] - lambda
+                if v <= 0 { continue }
+                if v >= hi[i] { g += hi[i] } else { g += v; slope += 1 }
+            }
+            if g == s { break }
+            if g > s { lo = lambda } else { up = lambda }
+            var next = lo + (up - lo) / 2
+            if slope > 0 {
+                let newton = lambda + (g - s) / Double(slope)
+                if newton > lo && newton < up { next = newton }
+            }
+            if next == lambda || next <= lo || next >= up { break }
+            lambda = next
+        }
+        shift = lambda
+        return clampShift(t, lambda)
+    }
+
+    private func clampShift(_ t: [Double], _ lambda: Double) -> [Double] {
+        var w = [Double](repeating: 0, count: n)
+        for i in 0..<n { w[i] = min(max(t[i] - lambda, 0), hi[i]) }
+        return w
+    }
+
+    /// Projection onto the half-spaces Σ_{i∈g} wᵢ ≤ cap(g) of disjoint groups:
+    /// an over-cap group's members all drop by the same amount.
+    private func halfspaces(_ u: [Double], _ of: [Int], _ caps: [Double]) -> [Double] {
+        if caps.isEmpty { return u }
+        var sums = [Double](repeating: 0, count: caps.count)
+        var members = [Int](repeating: 0, count: caps.count)
+        for i in 0..<n where of[i] >= 0 { sums[of[i]] += u[i]; members[of[i]] += 1 }
+        var w = u
+        for i in 0..<n where of[i] >= 0 {
+            let g = of[i]
+            if sums[g] > caps[g] { w[i] -= (sums[g] - caps[g]) / Double(members[g]) }
+        }
+        return w
+    }
+}

@@ -1,0 +1,153 @@
+/// A validated input in index form: every array has one entry per
+/// instrument of the request, in its order.
+struct Prepared {
+    let input: RebalanceInput
+    let n: Int
+    let ids: [String]
+    let prices: [Double]
+    /// Held quantity per instrument.
+    let quantity: [Double]
+    /// Portfolio value: cash plus holdings at current prices.
+    let value: Double
+    let w0: [Double]
+    let cash0: Double
+    let strategic: [Double]
+    /// Σ strategic (after scaling to leave the minimum cash).
+    let investedTarget: Double
+    let series: [[Double]]
+    let stats: [FeatureSet.SeriesStats]
+    let defaultVolatility: [Double]
+    let lot: [Double]
+    var notes: [String]
+
+    init(_ input: RebalanceInput) throws(EngineError) {
+        func bad(_ message: String) -> EngineError { EngineError(.invalidInput, message) }
+        self.input = input
+        let instruments = input.instruments
+        n = instruments.count
+        guard n > 0 else { throw bad("the request has no instruments") }
+        var index: [String: Int] = [:]
+        index.reserveCapacity(n)
+        var series: [[Double]] = []
+        var stats: [FeatureSet.SeriesStats] = []
+        series.reserveCapacity(n)
+        stats.reserveCapacity(n)
+        var lots = [Double](repeating: 1, count: n)
+        for (i, instrument) in instruments.enumerated() {
+            let id = instrument.id
+            guard !id.isEmpty else { throw bad("instrument \(i) has an empty id") }
+            guard index.updateValue(i, forKey: id) == nil else { throw bad("instrument '\(id)' is listed twice") }
+            guard instrument.price.isFinite, instrument.price > 0 else {
+                throw bad("instrument '\(id)': price \(instrument.price) is not a finite number > 0")
+            }
+            if let bad = instrument.priceHistory.firstIndex(where: { !$0.isFinite || $0 <= 0 }) {
+                throw EngineError(.invalidInput, "instrument '\(id)': price_history[\(bad)] = "
+                    + "\(instrument.priceHistory[bad]) is not a finite number > 0")
+            }
+            guard instrument.lotSize.isFinite, instrument.lotSize >= 0 else {
+                throw bad("instrument '\(id)': lot_size \(instrument.lotSize) is not a finite number >= 0")
+            }
+            if let score = instrument.esgScore, !(score.isFinite && score >= 0 && score <= 100) {
+                throw bad("instrument '\(id)': esg_score \(score) is outside 0...100")
+            }
+            guard instrument.halfSpreadBps.isFinite, instrument.halfSpreadBps >= 0 else {
+                throw bad("instrument '\(id)': half_spread_bps \(instrument.halfSpreadBps) is not a finite number >= 0")
+            }
+            guard instrument.averageDailyVolume.isFinite, instrument.averageDailyVolume >= 0 else {
+                throw bad("instrument '\(id)': average_daily_volume \(instrument.averageDailyVolume) is not a finite number >= 0")
+            }
+            let s = FeatureSet.series(of: instrument)
+            series.append(s)
+            stats.append(FeatureSet.stats(s))
+            lots[i] = input.mandate.allowFractional ? 0 : (instrument.lotSize > 0 ? instrument.lotSize : 1)
+        }
+        ids = instruments.map(\.id)
+        prices = instruments.map(\.price)
+        self.series = series
+        self.stats = stats
+        lot = lots
+        defaultVolatility = instruments.map(\.assetClass.defaultVolatility)
+
+        let portfolio = input.portfolio
+        guard portfolio.cash.isFinite, portfolio.cash >= 0 else {
+            throw bad("portfolio cash \(portfolio.cash) is not a finite number >= 0")
+        }
+        var quantity = [Double](repeating: 0, count: n)
+        for (k, holding) in portfolio.holdings.enumerated() {
+            guard let i = index[holding.instrumentID] else {
+                throw bad("holding \(k): instrument '\(holding.instrumentID)' is not among the request's instruments "
+                    + "(every held instrument needs its price)")
+            }
+            guard holding.quantity.isFinite, holding.quantity >= 0 else {
+                throw bad("holding '\(holding.instrumentID)': quantity \(holding.quantity) is not a finite number >= 0")
+            }
+            quantity[i] += holding.quantity
+        }
+        self.quantity = quantity
+        var value = portfolio.cash
+        for i in 0..<n { value += quantity[i] * prices[i] }
+        guard value.isFinite, value > 0 else {
+            throw bad("the portfolio's value (cash plus holdings at current prices) is \(value); it must be > 0")
+        }
+        self.value = value
+        let prices = self.prices
+        w0 = (0..<n).map { quantity[$0] * prices[$0] / value }
+        cash0 = portfolio.cash / value
+
+        let mandate = input.mandate
+        func fraction(_ v: Double, _ name: String) throws(EngineError) {
+            guard v.isFinite, v >= 0, v <= 1 else { throw bad("mandate \(name) \(v) is not within 0...1") }
+        }
+        try fraction(mandate.minCashWeight, "min_cash_weight")
+        if let cap = mandate.maxInstrumentWeight { try fraction(cap, "max_instrument_weight") }
+        if let t = mandate.maxTurnover { try fraction(t, "max_turnover") }
+        for (k, v) in mandate.sectorCaps.sorted(by: { $0.key < $1.key }) { try fraction(v, "sector cap '\(k)'") }
+        for (k, v) in mandate.assetClassCaps.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+            try fraction(v, "asset class cap '\(k.rawValue)'")
+        }
+        guard mandate.esgFloor.isFinite, mandate.esgFloor >= 0, mandate.esgFloor <= 100 else {
+            throw bad("mandate esg_floor \(mandate.esgFloor) is not within 0...100")
+        }
+        for (value, name) in [(mandate.minTradeNotional, "min_trade_notional"), (mandate.commissionBps, "commission_bps"),
+                              (mandate.commissionMin, "commission_min")]
+        where !(value.isFinite && value >= 0) {
+            throw bad("mandate \(name) \(value) is not a finite number >= 0")
+        }
+        let profile = input.profile
+        guard (1...7).contains(profile.riskTolerance) else {
+            throw bad("risk_profile.risk_tolerance \(profile.riskTolerance) is not on the SRI scale 1...7")
+        }
+        guard profile.horizonYears >= 0 else {
+            throw bad("risk_profile.horizon_years \(profile.horizonYears) is negative")
+        }
+
+        var strategic = [Double](repeating: 0, count: n)
+        var total = 0.0
+        var seen = Set<String>()
+        for (k, entry) in mandate.strategicWeights.enumerated() {
+            guard let i = index[entry.id] else {
+                throw bad("strategic weight \(k): instrument '\(entry.id)' is not among the request's instruments")
+            }
+            guard seen.insert(entry.id).inserted else { throw bad("strategic weight for '\(entry.id)' is given twice") }
+            guard entry.weight.isFinite, entry.weight >= 0, entry.weight <= 1 else {
+                throw bad("strategic weight of '\(entry.id)' is \(entry.weight); it must be within 0...1")
+            }
+            strategic[i] = entry.weight
+            total += entry.weight
+        }
+        guard total <= 1 + 1e-9 else {
+            throw bad("strategic weights sum to \(total); with cash they must sum to at most 1")
+        }
+        var notes: [String] = []
+        let room = max(0, 1 - mandate.minCashWeight)
+        if total > room {
+            let k = room / total
+            for i in 0..<n { strategic[i] *= k }
+            notes.append("strategic weights (sum \(pct(total))) scaled to \(pct(room)) to leave the minimum cash")
+            total = room
+        }
+        self.strategic = strategic
+        investedTarget = total
+        self.notes = notes
+    }
+}

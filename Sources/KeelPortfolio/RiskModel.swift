@@ -1,0 +1,182 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An EWMA covariance of daily log returns, annualised, held in factor form:
+/// Σ = Fᵀ F + D, where row t of F is √(252 · ω_t) · r_t (ω_t the normalised
+/// EWMA weight of day t, RiskMetrics convention: no demeaning) and D is a
+/// diagonal of default variances for assets without enough history. The
+/// quadratic form wᵀΣw then costs O(n·T) instead of O(n²·T), and it is
+/// exact: it is the covariance, not an approximation of it.
+///
+/// Assets with at least ``minimumReturns`` returns share a window of the
+/// last T returns (T = the shortest such history, at most ``maximumWindow``),
+/// aligned at the newest observation. The others get their asset class's
+/// default volatility and no correlation.
+public struct RiskModel: Sendable {
+    public static let minimumReturns = 20
+    public static let maximumWindow = 126
+
+    public let assets: Int
+    /// Days in the window (rows of F).
+    public let window: Int
+    /// F, row-major [window × assets].
+    private let factors: [Double]
+    /// Diagonal variances (0 for assets in F).
+    private let diagonal: [Double]
+    /// Assets that have no estimate of their own.
+    public let defaulted: [Int]
+
+    /// - Parameters:
+    ///   - series: per asset, its price series (oldest first, positive).
+    ///   - defaultVolatility: per asset, the annualised volatility for short histories.
+    public init(series: [[Double]], defaultVolatility: [Double], lambda: Double = FeatureSet.ewmaLambda) {
+        let n = series.count
+        assets = n
+        var usable: [Int] = []
+        var shortest = Int.max
+        for i in 0..<n where series[i].count - 1 >= Self.minimumReturns {
+            usable.append(i)
+            shortest = min(shortest, series[i].count - 1)
+        }
+        let t = usable.isEmpty ? 0 : min(shortest, Self.maximumWindow)
+        window = t
+        var f = [Double](repeating: 0, count: t * n)
+        if t > 0 {
+            // Weights λ^(t-1-k), normalised to sum 1; k = 0 is the oldest day.
+            var weights = [Double](repeating: 0, count: t)
+            var w = 1.0
+            var total = 0.0
+            for k in stride(from: t - 1, through: 0, by: -1) { weights[k] = w; total += w; w *= lambda }
+            for k in 0..<t { weights[k] = (weights[k] / total * FeatureSet.tradingDaysPerYear).squareRoot() }
+            for i in usable {
+                let p = series[i]
+                let last = p.count - 1
+                for k in 0..<t {
+                    let day = last - (t - 1 - k)
+                    f[k * n + i] = weights[k] * log(p[day] / p[day - 1])
+                }
+            }
+        }
+        factors = f
+        var d = [Double](repeating: 0, count: n)
+        var defaulted: [Int] = []
+        let usableSet = Set(usable)
+        for i in 0..<n where !usableSet.contains(i) {
+            d[i] = defaultVolatility[i] * defaultVolatility[i]
+            defaulted.append(i)
+        }
+        diagonal = d
+        self.defaulted = defaulted
+    }
+
+    /// wᵀΣw for instrument weights `w` (cash carries no risk).
+    public func variance(_ w: [Double]) -> Double {
+        let (a, b, c) = quadratic(w, [Double](repeating: 0, count: assets))
+        _ = b; _ = c
+        return a
+    }
+
+    /// Annualised volatility of `w`.
+    public func volatility(_ w: [Double]) -> Double { variance(w).squareRoot() }
+
+    /// Σw, the marginal variance (half the gradient of wᵀΣw). O(n·T).
+    func covarianceTimes(_ w: [Double]) -> [Double] {
+        let n = assets
+        var out = [Double](repeating: 0, count: n)
+        factors.withUnsafeBufferPointer { fp in
+            for k in 0..<window {
+                let row = k * n
+                var x = 0.0
+                for i in 0..<n { x += fp[row + i] * w[i] }
+                if x != 0 { for i in 0..<n { out[i] += fp[row + i] * x } }
+            }
+        }
+        for i in 0..<n { out[i] += diagonal[i] * w[i] }
+        return out
+    }
+
+    /// Σᵢᵢ, each asset's own variance. O(n·T).
+    func ownVariance() -> [Double] {
+        let n = assets
+        var out = diagonal
+        for k in 0..<window {
+            for i in 0..<n { let v = factors[k * n + i]; out[i] += v * v }
+        }
+        return out
+    }
+
+    /// The variance along a segment, (f + α·d)ᵀ Σ (f + α·d) = A + 2αB + α²C:
+    /// returns (A, B, C).
+    public func quadratic(_ f: [Double], _ d: [Double]) -> (Double, Double, Double) {
+        var a = 0.0, b = 0.0, c = 0.0
+        let n = assets
+        factors.withUnsafeBufferPointer { fp in
+            for k in 0..<window {
+                var x = 0.0, y = 0.0
+                let row = k * n
+                for i in 0..<n {
+                    let v = fp[row + i]
+                    x += v * f[i]
+                    y += v * d[i]
+                }
+                a += x * x; b += x * y; c += y * y
+            }
+        }
+        for i in 0..<n where diagonal[i] != 0 {
+            a += diagonal[i] * f[i] * f[i]
+            b += diagonal[i] * f[i] * d[i]
+            c += diagonal[i] * d[i] * d[i]
+        }
+        return (a, b, c)
+    }
+
+    /// Volatility, tracking error against `strategic`, and concentration.
+    public func figures(_ w: [Double], strategic: [Double], maxVolatility: Double) -> RiskFigures {
+        var active = w
+        var hhi = 0.0
+        for i in 0..<w.count { active[i] -= strategic[i]; hhi += w[i] * w[i] }
+        return RiskFigures(volatility: volatility(w), trackingError: volatility(active), concentration: hhi,
+                           maxVolatility: maxVolatility)
+    }
+}
+
+/// MiFID II suitability: the profile's limits.
+public enum Suitability {
+    /// The highest annualised volatility of each SRI class (1...7): the
+    /// volatility bands of the PRIIPs market-risk classes (MRM 1: < 0.5 %,
+    /// 2: < 5 %, 3: < 12 %, 4: < 20 %, 5: < 30 %, 6: < 80 %, 7: above).
+    public static let sriVolatility: [Double] = [0.005, 0.05, 0.12, 0.20, 0.30, 0.80, .infinity]
+
+    /// The portfolio volatility the profile allows, with the rule that binds.
+    /// Capacity for loss, horizon and a capital-preservation objective can
+    /// only lower the risk tolerance's limit:
+    /// - capacity for loss none: 5 %; limited: 12 %; significant: 30 %;
+    /// - horizon under 3 years: 12 %; under 1 year is not representable (0 = not stated);
+    /// - capital preservation as the only objective: 5 %.
+    public static func maxVolatility(_ profile: RiskProfile) -> (limit: Double, rule: String) {
+        let level = min(7, max(1, profile.riskTolerance))
+        var limit = sriVolatility[level - 1]
+        var rule = "suitability.risk_tolerance (SRI \(level))"
+        func tighten(_ value: Double, _ why: String) {
+            if value < limit { limit = value; rule = why }
+        }
+        switch profile.capacityForLoss {
+        case .none: tighten(0.05, "suitability.capacity_for_loss (none)")
+        case .limited: tighten(0.12, "suitability.capacity_for_loss (limited)")
+        case .significant: tighten(0.30, "suitability.capacity_for_loss (significant)")
+        case .full, .unspecified: break
+        }
+        if profile.horizonYears > 0 && profile.horizonYears < 3 {
+            tighten(0.12, "suitability.horizon (\(profile.horizonYears) years)")
+        }
+        if profile.objectives == [.capitalPreservation] {
+            tighten(0.05, "suitability.objectives (capital preservation)")
+        }
+        return (limit, rule)
+    }
+}

@@ -1,0 +1,426 @@
+import Foundation
+import GRDB
+import KeelAPI
+import Testing
+
+@testable import KeelAudit
+
+@Suite("Audit log: appends, chain, group commit")
+struct AuditLogTests {
+    @Test("appends get sequences 1, 2, 3 chained by hash, and the chain verifies")
+    func appendsChainAndVerify() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path)
+        let first = try await log.append(Records.decision(account: "acct-1", decision: "dec-1"))
+        let second = try log.appendAndWait(Records.approval(account: "acct-1", decision: "dec-1"))
+        let third = try await log.append(Records.decision(account: "acct-2", decision: "dec-2"))
+        #expect([first.sequence, second.sequence, third.sequence] == [1, 2, 3])
+        #expect(Set([first.hash, second.hash, third.hash]).count == 3)
+        #expect([first, second, third].allSatisfy { AuditStore.isHashText($0.hash) })
+        #expect(log.count == 3)
+        #expect(log.headHash == third.hash)
+
+        // Each record names its predecessor's hash, and its own hash is the
+        // documented encoding.
+        let rows = try RawSQL.fetchRows(path, "SELECT \(AuditStore.selectList) FROM audit_records ORDER BY sequence")
+        var previous = AuditStore.genesisHash
+        for row in rows {
+            let record = try AuditStore.StoredRecord.decode(row).get()
+            #expect(record.prevHash == previous)
+            #expect(record.recomputedHash() == record.hash)
+            previous = record.hash
+        }
+
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == 3)
+        #expect(verification.headHash == third.hash)
+        #expect(verification.firstBroken == nil)
+        log.close()
+    }
+
+    @Test("the hash is SHA-256 over length-prefixed fields (a fixed vector)")
+    func hashEncodingVector() {
+        // Recomputed independently with Python's hashlib (docs/AUDIT.md).
+        let hash = AuditStore.hash(prevHash: AuditStore.genesisHash, sequence: 1, recordedUnixNanos: 1_795_219_200_000_000_000,
+                                   kind: "decision", accountID: "acct-1", decisionID: "dec-1", payload: [1, 2, 3])
+        #expect(hash == "e70a213dad6f3283962446738171d3c5c6c3ced2c8c695fc0c8eeaaabd32390d")
+    }
+
+    @Test("a re-opened file continues the chain")
+    func reopenContinuesChain() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let before: [AuditReceipt]
+        do {
+            let log = try AuditLog(path: path)
+            before = try fill(log, count: 3)
+            log.close()
+        }
+        let log = try AuditLog(path: path)
+        #expect(log.count == 3)
+        #expect(log.headHash == before.last?.hash)
+        let next = try await log.append(Records.numbered(3))
+        #expect(next.sequence == 4)
+        log.close()
+
+        let rows = try RawSQL.fetchRows(path, "SELECT prev_hash FROM audit_records WHERE sequence = 4")
+        #expect(rows.first?["prev_hash"] == before.last?.hash)
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == 4)
+        #expect(verification.isIntact)
+    }
+
+    @Test("concurrent appends from many tasks get distinct contiguous sequences")
+    func concurrentAppends() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path)
+        let tasks = 200
+        let perTask = 5
+        let receipts = try await withThrowingTaskGroup(of: [AuditReceipt].self) { group in
+            for t in 0..<tasks {
+                group.addTask {
+                    var mine: [AuditReceipt] = []
+                    for k in 0..<perTask { mine.append(try await log.append(Records.numbered(t * perTask + k))) }
+                    return mine
+                }
+            }
+            var all: [AuditReceipt] = []
+            for try await some in group { all += some }
+            return all
+        }
+        let total = tasks * perTask
+        #expect(Set(receipts.map(\.sequence)) == Set(1...Int64(total)))
+        #expect(Set(receipts.map(\.hash)).count == total)
+        #expect(log.count == Int64(total))
+        log.close()
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == Int64(total))
+        #expect(verification.isIntact)
+    }
+
+    @Test("group commit: a queue of 2,000 appends is written in ceil(2000 / maxBatch) transactions")
+    func groupCommitBatchesQueuedAppends() async throws {
+        let scratch = try ScratchDirectory()
+        let log = try AuditLog(path: scratch.path("audit.db"), maxBatch: 1024)
+        log.pauseWriter()
+        let count = 2000
+        try await withThrowingTaskGroup(of: AuditReceipt.self) { group in
+            for i in 0..<count { group.addTask { try await log.append(Records.numbered(i)) } }
+            try await eventually { log.queuedCount == count }
+            #expect(log.transactionCount == 0)
+            log.resumeWriter()
+            var sequences = Set<Int64>()
+            for try await receipt in group { sequences.insert(receipt.sequence) }
+            #expect(sequences == Set(1...Int64(count)))
+        }
+        #expect(log.transactionCount == 2)
+        log.close()
+    }
+
+    @Test("group commit: 2,000 concurrent appends take far fewer transactions than appends")
+    func groupCommitUnderLoad() async throws {
+        let scratch = try ScratchDirectory()
+        let log = try AuditLog(path: scratch.path("audit.db"))
+        let count = 2000
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<count { group.addTask { _ = try await log.append(Records.numbered(i)) } }
+            try await group.waitForAll()
+        }
+        #expect(log.count == Int64(count))
+        print("group commit: \(count) appends in \(log.transactionCount) transactions")
+        #expect(log.transactionCount < count)
+        log.close()
+    }
+
+    @Test("the queue is bounded: beyond it append fails with queueFull, the queued ones still commit")
+    func queueBound() async throws {
+        let scratch = try ScratchDirectory()
+        let log = try AuditLog(path: scratch.path("audit.db"), durability: .full, maxBatch: 1024, maxQueued: 8)
+        log.pauseWriter()
+        try await withThrowingTaskGroup(of: AuditReceipt.self) { group in
+            for i in 0..<8 { group.addTask { try await log.append(Records.numbered(i)) } }
+            try await eventually { log.queuedCount == 8 }
+            let error = auditError { _ = try log.appendAndWait(Records.numbered(8)) }
+            #expect(error?.code == .queueFull)
+            #expect(error?.message.contains("audit queue full") == true)
+            log.resumeWriter()
+            var committed = 0
+            for try await _ in group { committed += 1 }
+            #expect(committed == 8)
+        }
+        #expect(log.count == 8)
+        log.close()
+    }
+
+    @Test("a failed transaction fails every append of its batch and leaves the chain intact")
+    func failedBatchFailsEveryWaiter() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path)
+        log.pauseWriter()
+        let results = await withTaskGroup(of: Result<AuditReceipt, AuditError>.self) { group in
+            for i in 0..<5 {
+                group.addTask {
+                    do throws(AuditError) {
+                        return .success(try await log.append(Records.numbered(i)))
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+            }
+            try? await eventually { log.queuedCount == 5 }
+            // Another connection appends record 1 behind the writer's back, so
+            // the writer's batch (also starting at 1) is refused by the schema.
+            let entry = Records.numbered(99)
+            let nanos = AuditStore.nowUnixNanos()
+            let hash = AuditStore.hash(prevHash: AuditStore.genesisHash, sequence: 1, recordedUnixNanos: nanos,
+                                       kind: entry.kind.rawValue, accountID: entry.accountID,
+                                       decisionID: entry.decisionID, payload: entry.payload)
+            try? RawSQL.execute(path, AuditStore.insertSQL, [
+                1, nanos, entry.kind.rawValue, entry.accountID, entry.decisionID, Data(entry.payload),
+                AuditStore.genesisHash, hash,
+            ])
+            log.resumeWriter()
+            var all: [Result<AuditReceipt, AuditError>] = []
+            for await result in group { all.append(result) }
+            return all
+        }
+        #expect(results.count == 5)
+        for result in results {
+            guard case .failure(let error) = result else {
+                Issue.record("an append of the failed batch succeeded: \(result)")
+                continue
+            }
+            #expect(error.code == .io)
+            #expect(error.message.contains("appended at the end of the chain"))
+        }
+        // The writer re-read the head: the next append continues after the
+        // foreign record, and the chain verifies.
+        let next = try await log.append(Records.numbered(5))
+        #expect(next.sequence == 2)
+        log.close()
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == 2)
+        #expect(verification.isIntact)
+    }
+
+    @Test("close flushes what is queued; later appends throw closed; close is idempotent")
+    func closeFlushesAndRefuses() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path)
+        log.pauseWriter()
+        try await withThrowingTaskGroup(of: AuditReceipt.self) { group in
+            for i in 0..<10 { group.addTask { try await log.append(Records.numbered(i)) } }
+            try await eventually { log.queuedCount == 10 }
+            log.close()  // overrides the pause: flushes all ten
+            var count = 0
+            for try await _ in group { count += 1 }
+            #expect(count == 10)
+        }
+        #expect(log.count == 10)
+        log.close()
+        let error = auditError { _ = try log.appendAndWait(Records.numbered(10)) }
+        #expect(error?.code == .closed)
+        do {
+            _ = try await log.append(Records.numbered(11))
+            Issue.record("append after close succeeded")
+        } catch {
+            #expect(error.code == .closed)
+        }
+        #expect(try AuditReader.verify(path: path).records == 10)
+    }
+
+    @Test("releasing the last reference closes the log after flushing")
+    func deinitCloses() throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        do {
+            let log = try AuditLog(path: path)
+            try fill(log, count: 4)
+        }
+        // Closed: a new writer can open it and the -wal was checkpointed away.
+        #expect(!FileManager.default.fileExists(atPath: path + "-wal"))
+        let log = try AuditLog(path: path)
+        #expect(log.count == 4)
+        log.close()
+    }
+
+    @Test("every acknowledged append is in the files on disk while the writer still runs (as after SIGKILL)")
+    func acknowledgedAppendsAreOnDisk() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<300 { group.addTask { _ = try await log.append(Records.numbered(i)) } }
+            try await group.waitForAll()
+        }
+        // Copy the database and its WAL as a killed process would leave them
+        // (no checkpoint, no -shm): SQLite recovers every committed record.
+        let copy = scratch.path("after-kill.db")
+        try FileManager.default.copyItem(atPath: path, toPath: copy)
+        try FileManager.default.copyItem(atPath: path + "-wal", toPath: copy + "-wal")
+        let verification = try AuditReader.verify(path: copy)
+        #expect(verification.records == 300)
+        #expect(verification.headHash == log.headHash)
+        #expect(verification.isIntact)
+        // A reader of the live file sees them too.
+        #expect(try AuditReader.verify(path: path).records == 300)
+        log.close()
+    }
+
+    @Test("WAL mode and the synchronous level follow the durability", arguments: AuditDurability.allCases)
+    func pragmas(durability: AuditDurability) throws {
+        let scratch = try ScratchDirectory()
+        let log = try AuditLog(path: scratch.path("audit.db"), durability: durability)
+        #expect(try log.pragma("journal_mode") == "wal")
+        // PRAGMA synchronous: 1 = NORMAL, 2 = FULL.
+        #expect(try log.pragma("synchronous") == (durability == .full ? "2" : "1"))
+        try fill(log, count: 2)
+        log.close()
+    }
+
+    @Test("entries outside the limits are refused before queueing", arguments: [
+        ("NUL in account", AuditEntry(kind: .decision, accountID: "a\u{0}b", decisionID: "d",
+                                      payload: Records.decision(account: "a", decision: "d").payload)),
+        ("NUL in decision", AuditEntry(kind: .decision, accountID: "a", decisionID: "d\u{0}",
+                                       payload: Records.decision(account: "a", decision: "d").payload)),
+        ("long account", AuditEntry(kind: .decision, accountID: String(repeating: "x", count: 4097), decisionID: "d",
+                                    payload: Records.decision(account: "a", decision: "d").payload)),
+        ("garbage payload", AuditEntry(kind: .decision, accountID: "a", decisionID: "d", payload: [0xFF, 0xFF, 0xFF])),
+        ("truncated payload", AuditEntry(kind: .approval, accountID: "a", decisionID: "d",
+                                         payload: Array(Records.approval(account: "a", decision: "d").payload.dropLast()))),
+    ])
+    func invalidEntries(label: String, entry: AuditEntry) async throws {
+        let scratch = try ScratchDirectory()
+        let log = try AuditLog(path: scratch.path("audit.db"))
+        let error = auditError { _ = try log.appendAndWait(entry) }
+        #expect(error?.code == .invalidArgument, "\(label)")
+        do {
+            _ = try await log.append(entry)
+            Issue.record("\(label): append succeeded")
+        } catch {
+            #expect(error.code == .invalidArgument)
+        }
+        #expect(log.count == 0)
+        log.close()
+    }
+
+    @Test("an empty payload (a default approval message) is stored and verifies")
+    func emptyPayload() throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path)
+        let receipt = try log.appendAndWait(AuditEntry(kind: .approval, accountID: "a", decisionID: "d", payload: []))
+        #expect(receipt.sequence == 1)
+        log.close()
+        #expect(try AuditReader.verify(path: path).isIntact)
+    }
+
+    @Test("accountsWithDecisions: decision accounts only, kept current, read back after re-open")
+    func accountsWithDecisions() throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        do {
+            let log = try AuditLog(path: path)
+            #expect(try log.accountsWithDecisions().isEmpty)
+            _ = try log.appendAndWait(Records.decision(account: "A", decision: "1"))
+            _ = try log.appendAndWait(Records.approval(account: "B", decision: "1"))
+            _ = try log.appendAndWait(Records.decision(account: "C", decision: "2"))
+            #expect(try log.accountsWithDecisions() == ["A", "C"])
+            _ = try log.appendAndWait(Records.decision(account: "D", decision: "3"))
+            #expect(try log.accountsWithDecisions() == ["A", "C", "D"])
+            log.close()
+        }
+        let log = try AuditLog(path: path)
+        #expect(try log.accountsWithDecisions() == ["A", "C", "D"])
+        log.close()
+    }
+
+    @Test("the database refuses UPDATE and DELETE, and INSERT anywhere but the end of the chain")
+    func triggersRefuseEdits() throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path)
+        let receipts = try fill(log, count: 3)
+        log.close()
+
+        func refusal(_ sql: String, _ arguments: StatementArguments = StatementArguments()) -> String? {
+            do {
+                try RawSQL.execute(path, sql, arguments)
+                return nil
+            } catch let error as DatabaseError {
+                return error.message
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(refusal("UPDATE audit_records SET account_id = 'x' WHERE sequence = 2") == "audit records are append-only")
+        #expect(refusal("DELETE FROM audit_records WHERE sequence = 3") == "audit records are append-only")
+        #expect(refusal("DELETE FROM audit_records") == "audit records are append-only")
+        let entry = Records.numbered(9)
+        let row: StatementArguments = [2, 0, entry.kind.rawValue, entry.accountID, entry.decisionID, Data(entry.payload),
+                                       receipts[0].hash, String(repeating: "1", count: 64)]
+        // Replacing record 2, or inserting a record whose prev_hash is not the head.
+        #expect(refusal("INSERT OR REPLACE INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                == "audit records are appended at the end of the chain")
+        let wrongPrev: StatementArguments = [4, 0, entry.kind.rawValue, entry.accountID, entry.decisionID,
+                                             Data(entry.payload), receipts[0].hash, String(repeating: "1", count: 64)]
+        #expect(refusal("INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", wrongPrev)
+                == "audit records are appended at the end of the chain")
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == 3)
+        #expect(verification.isIntact)
+    }
+
+    @Test("a writer refuses to extend a chain whose last record is broken")
+    func refusesBrokenHead() throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        do {
+            let log = try AuditLog(path: path)
+            try fill(log, count: 3)
+            log.close()
+        }
+        try RawSQL.dropTriggers(path)
+        try RawSQL.execute(path, "UPDATE audit_records SET account_id = 'mallory' WHERE sequence = 3")
+        let error = auditError { _ = try AuditLog(path: path) }
+        #expect(error?.code == .corrupt)
+        #expect(error?.message.contains("record 3") == true)
+        #expect(error?.message.contains("refusing to extend a broken chain") == true)
+    }
+
+    @Test("throughput with durability full and normal (printed, not asserted)", .serialized,
+          arguments: AuditDurability.allCases)
+    func throughput(durability: AuditDurability) async throws {
+        let scratch = try ScratchDirectory()
+        let log = try AuditLog(path: scratch.path("audit.db"), durability: durability)
+        let producers = 64
+        let perProducer = 200
+        let entry = Records.decision(account: "acct-1", decision: "dec-1")
+        let clock = ContinuousClock()
+        let elapsed = try await clock.measure {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<producers {
+                    group.addTask { for _ in 0..<perProducer { _ = try await log.append(entry) } }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let total = producers * perProducer
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        print("audit throughput (\(durability)): \(total) appends from \(producers) tasks in "
+              + "\(String(format: "%.3f", seconds)) s = \(Int(Double(total) / seconds)) appends/s, "
+              + "\(log.transactionCount) transactions")
+        let single = try clock.measure {
+            for _ in 0..<200 { _ = try log.appendAndWait(entry) }
+        }
+        let singleSeconds = Double(single.components.seconds) + Double(single.components.attoseconds) * 1e-18
+        print("audit latency (\(durability)): one append at a time: "
+              + "\(String(format: "%.1f", singleSeconds / 200 * 1e6)) µs per append")
+        #expect(log.count == Int64(total + 200))
+        log.close()
+    }
+}
