@@ -94,7 +94,7 @@ public struct RebalanceEngine: Sendable {
         var features = [Float](repeating: 0, count: n * FeatureSet.count)
         FeatureSet.fill(&features, stats: x.stats, defaultVolatility: x.defaultVolatility, current: x.w0,
                         strategic: x.strategic)
-        let risk = RiskModel(series: x.series, defaultVolatility: x.defaultVolatility)
+        let risk = RiskModel(returns: x.returns, defaultVolatility: x.defaultVolatility)
         let (maxVol, volRule) = Suitability.maxVolatility(x.input.profile)
         let scores: [Float]
         do {
@@ -321,8 +321,11 @@ public struct RebalanceEngine: Sendable {
     }
 
     static func unique(_ reasons: [ReasonCode]) -> [ReasonCode] {
-        var seen = Set<String>()
-        return reasons.filter { seen.insert($0.rawValue).inserted }
+        var seen: UInt16 = 0
+        return reasons.filter { code in
+            defer { seen |= code.bit }
+            return seen & code.bit == 0
+        }
     }
 }
 
@@ -336,8 +339,4 @@ func turnover(_ from: [Double], _ to: [Double]) -> Double {
     return max(buys, sells)
 }
 
-func pct(_ x: Double) -> String {
-    guard x.isFinite else { return "unlimited" }
-    let v = (x * 1000).rounded() / 10
-    return "\(v)%"
-}
+

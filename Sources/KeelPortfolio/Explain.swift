@@ -53,25 +53,14 @@ extension RebalanceEngine {
 
 /// Plain-language text for advisors and clients.
 enum Summary {
-    static func money(_ v: Double) -> String {
-        // Int(_:) traps beyond ±9.2e18: a request with absurd (but finite)
-        // prices must not crash the process, so huge amounts print as is.
-        guard v.isFinite, abs(v) < 1e15 else { return String(v) }
-        let cents = (abs(v) * 100).rounded()
-        let whole = Int(cents / 100)
-        let frac = Int(cents.truncatingRemainder(dividingBy: 100))
-        var digits = String(whole)
-        var grouped = ""
-        while digits.count > 3 {
-            grouped = "," + digits.suffix(3) + grouped
-            digits.removeLast(3)
-        }
-        return (v < 0 ? "-" : "") + digits + grouped + "." + (frac < 10 ? "0" : "") + String(frac)
-    }
+    static func money(_ v: Double) -> String { Format.fixed(v, 2, grouping: true) }
 
     static func number(_ v: Double) -> String {
-        if v == v.rounded() && abs(v) < 1e15 { return String(Int(v)) }
-        return String((v * 10_000).rounded() / 10_000)
+        if v == v.rounded() { return Format.fixed(v, 0) }
+        var text = Format.fixed(v, 4)
+        while text.hasSuffix("0") { text.removeLast() }
+        if text.hasSuffix(".") { text.removeLast() }
+        return text
     }
 
     static func explanation(_ order: Order, asset i: Int, x: Prepared, z: Double, limits: Limits, weightAfter: Double,
@@ -105,7 +94,7 @@ enum Summary {
                     + "\(pct(x.strategic[i]))")
             case .policySignal:
                 let sign = z >= 0 ? "+" : ""
-                var text = "the policy scores it \(sign)\((z * 100).rounded() / 100) standard deviations from the portfolio's mean"
+                var text = "the policy scores it \(sign)\(Format.fixed(z, 2)) standard deviations from the portfolio's mean"
                 if let top = order.topFeatures.first { text += " (mostly \(top.feature))" }
                 parts.append(text)
             case .tax, .liquidity, .washSaleBlock: parts.append(reason.rawValue.lowercased())
@@ -137,13 +126,19 @@ enum Summary {
                 + "(volatility \(pct(d.riskBefore.volatility)), limit \(pct(d.riskBefore.maxVolatility))), and no "
                 + "trade's expected benefit would cover its cost."
         case .executable:
-            let buys = d.orders.filter { $0.side == .buy }, sells = d.orders.filter { $0.side == .sell }
+            var buyCount = 0
+            var tally = [ReasonCode: Int]()
+            for order in d.orders {
+                if order.side == .buy { buyCount += 1 }
+                for code in order.reasons { tally[code, default: 0] += 1 }
+            }
+            let sellCount = d.orders.count - buyCount
             let traded = d.orders.reduce(0) { $0 + $1.notional }
-            var text = "We propose \(d.orders.count) trade\(d.orders.count == 1 ? "" : "s") (\(buys.count) "
-                + "buy\(buys.count == 1 ? "" : "s"), \(sells.count) sale\(sells.count == 1 ? "" : "s")) worth about "
+            var text = "We propose \(d.orders.count) trade\(d.orders.count == 1 ? "" : "s") (\(buyCount) "
+                + "buy\(buyCount == 1 ? "" : "s"), \(sellCount) sale\(sellCount == 1 ? "" : "s")) worth about "
                 + "\(money(traded)) in all, a one-way turnover of \(pct(d.turnover)) of the portfolio. "
             var why: [String] = []
-            let count = { (code: ReasonCode) in d.orders.filter { $0.reasons.contains(code) }.count }
+            let count = { (code: ReasonCode) in tally[code] ?? 0 }
             if count(.exclusion) + count(.esgExclusion) > 0 {
                 why.append("\(count(.exclusion) + count(.esgExclusion)) sell excluded or low-ESG holdings")
             }

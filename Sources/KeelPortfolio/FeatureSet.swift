@@ -62,9 +62,22 @@ public enum FeatureSet {
         }
     }
 
+    /// Daily log returns of `prices` (oldest first): count − 1 values.
+    public static func logReturns(_ prices: [Double]) -> [Double] {
+        guard prices.count > 1 else { return [] }
+        var r = [Double](repeating: 0, count: prices.count - 1)
+        for k in 1..<prices.count { r[k - 1] = log(prices[k] / prices[k - 1]) }
+        return r
+    }
+
     /// Statistics of `prices` (oldest first, all finite and > 0).
     public static func stats(_ prices: some RandomAccessCollection<Double>) -> SeriesStats {
         let p = Array(prices)
+        return stats(p, returns: logReturns(p))
+    }
+
+    /// The same, with the series' ``logReturns(_:)`` already computed.
+    public static func stats(_ p: [Double], returns logReturns: [Double]) -> SeriesStats {
         let n = p.count
         let returns = max(0, n - 1)
         var variance: Double? = nil
@@ -72,11 +85,11 @@ public enum FeatureSet {
             // Seed with the mean square of the first (up to) 10 returns, then decay.
             let seedCount = min(10, returns)
             var seed = 0.0
-            for k in 1...seedCount { let r = log(p[k] / p[k - 1]); seed += r * r }
+            for k in 1...seedCount { let r = logReturns[k - 1]; seed += r * r }
             var v = seed / Double(seedCount)
             if returns > seedCount {
                 for k in (seedCount + 1)...returns {
-                    let r = log(p[k] / p[k - 1])
+                    let r = logReturns[k - 1]
                     v = ewmaLambda * v + (1 - ewmaLambda) * r * r
                 }
             }

@@ -167,38 +167,110 @@ struct Limits {
     /// 500 sweeps. A last reduction step then makes every constraint hold
     /// exactly. Deterministic: no randomness, fixed iteration order.
     func project(_ target: [Double], invested: Double) -> [Double] {
-        let s = min(invested, investedCap)
-        let first = waterfill(target, s)
-        if sectorCaps.isEmpty && classCaps.isEmpty { return reduceToFeasible(first) }
-        // Dykstra with three sets: A (box + budget), S (sectors), C (classes).
-        var pA = [Double](repeating: 0, count: n)
-        var pS = pA, pC = pA
-        var y = target
-        var u = pA
+        let budget = min(invested, investedCap)
         var shift = Double.nan
+        var a = [Double](repeating: 0, count: n)
+        if sectorCaps.isEmpty && classCaps.isEmpty {
+            waterfill(into: &a, target, budget, shift: &shift)
+            return reduceToFeasible(a)
+        }
+        // When the caps leave less room than the budget, the sets would not
+        // intersect and Dykstra would never settle (its corrections grow
+        // without bound): aim at the most the caps can hold instead, a little
+        // inside it, and leave the rest in cash.
+        let room = maxInvestable()
+        let s = room < budget ? max(0, room * (1 - 1e-9)) : budget
+        // Dykstra with three sets: A (box + budget), S (sectors), C (classes).
+        // Every buffer is allocated once: a sweep allocates nothing.
+        var pA = [Double](repeating: 0, count: n)
+        var pS = pA, pC = pA, u = pA, before = pA
+        var y = target
+        var sums = [Double](repeating: 0, count: max(sectorCaps.count, classCaps.count))
+        let sectorMembers = memberCounts(sectorOf, sectorCaps.count)
+        let classMembers = memberCounts(classOf, classCaps.count)
         // Stopping: Dykstra's iterate can stand still for several sweeps
         // while its corrections (pA, pS, pC) still grow, and then move on
         // (e.g. a capped sector whose excess must go to another asset). So
         // convergence is judged on the corrections too (Birgin & Raydan's
         // criterion); stopping on the iterate alone returned points well short
-        // of the budget.
-        for _ in 0..<500 {
+        // of the budget. The sweep cap bounds the work; the reduction step
+        // below makes the result feasible whatever the sweep count.
+        for _ in 0..<Self.maxSweeps {
             var moved = 0.0
             for i in 0..<n { u[i] = y[i] + pA[i] }
-            let a = waterfill(u, s, shift: &shift)
+            waterfill(into: &a, u, s, shift: &shift)
             for i in 0..<n { let q = u[i] - a[i]; moved = max(moved, abs(q - pA[i])); pA[i] = q }
-            for i in 0..<n { u[i] = a[i] + pS[i] }
-            let b = halfspaces(u, sectorOf, sectorCaps)
-            for i in 0..<n { let q = u[i] - b[i]; moved = max(moved, abs(q - pS[i])); pS[i] = q }
-            for i in 0..<n { u[i] = b[i] + pC[i] }
-            let c = halfspaces(u, classOf, classCaps)
-            for i in 0..<n { let q = u[i] - c[i]; moved = max(moved, abs(q - pC[i])); pC[i] = q }
-            for i in 0..<n { moved = max(moved, abs(c[i] - y[i])) }
-            y = c
+            for i in 0..<n { u[i] = a[i] + pS[i]; before[i] = u[i] }
+            halfspaces(&u, sectorOf, sectorCaps, sectorMembers, &sums)
+            for i in 0..<n { let q = before[i] - u[i]; moved = max(moved, abs(q - pS[i])); pS[i] = q }
+            for i in 0..<n { u[i] += pC[i]; before[i] = u[i] }
+            halfspaces(&u, classOf, classCaps, classMembers, &sums)
+            for i in 0..<n { let q = before[i] - u[i]; moved = max(moved, abs(q - pC[i])); pC[i] = q }
+            var step = 0.0
+            for i in 0..<n { step = max(step, abs(u[i] - y[i])); y[i] = u[i] }
+            moved = max(moved, step)
             if moved < 1e-13 { break }
         }
-        let x = y
-        return reduceToFeasible(x)
+        return reduceToFeasible(y)
+    }
+
+    /// The largest Σw the bounds and the sector and asset-class caps allow: a
+    /// maximum flow from sectors to asset classes through the assets (each
+    /// asset an arc of capacity hiᵢ; uncapped groups unbounded), by
+    /// augmenting paths on the small graph of groups (Edmonds-Karp).
+    func maxInvestable() -> Double {
+        // Nodes: 0 source, 1...S sectors (+1 for "no capped sector"), then
+        // classes (+1 for "no capped class"), then the sink.
+        let sectors = sectorCaps.count + 1, classes = classCaps.count + 1
+        let source = 0, sink = 1 + sectors + classes
+        let size = sink + 1
+        var capacity = [Double](repeating: 0, count: size * size)
+        for g in 0..<sectors { capacity[source * size + 1 + g] = g < sectorCaps.count ? sectorCaps[g] : .infinity }
+        for k in 0..<classes { capacity[(1 + sectors + k) * size + sink] = k < classCaps.count ? classCaps[k] : .infinity }
+        for i in 0..<n where hi[i] > 0 {
+            let g = sectorOf[i] >= 0 ? sectorOf[i] : sectors - 1
+            let k = classOf[i] >= 0 ? classOf[i] : classes - 1
+            capacity[(1 + g) * size + 1 + sectors + k] += hi[i]
+        }
+        var total = 0.0
+        var parent = [Int](repeating: -1, count: size)
+        var queue = [Int](repeating: 0, count: size)
+        while true {
+            for v in 0..<size { parent[v] = -1 }
+            parent[source] = source
+            var head = 0, tail = 0
+            queue[tail] = source; tail += 1
+            while head < tail && parent[sink] < 0 {
+                let u = queue[head]; head += 1
+                for v in 0..<size where parent[v] < 0 && capacity[u * size + v] > 1e-15 {
+                    parent[v] = u
+                    queue[tail] = v; tail += 1
+                }
+            }
+            guard parent[sink] >= 0 else { break }
+            var push = Double.infinity
+            var v = sink
+            while v != source { let u = parent[v]; push = min(push, capacity[u * size + v]); v = u }
+            guard push.isFinite else { return .infinity }
+            v = sink
+            while v != source {
+                let u = parent[v]
+                capacity[u * size + v] -= push
+                capacity[v * size + u] += push
+                v = u
+            }
+            total += push
+        }
+        return total
+    }
+
+    /// Dykstra's sweep limit (each sweep is O(n)).
+    static let maxSweeps = 500
+
+    private func memberCounts(_ of: [Int], _ count: Int) -> [Int] {
+        var members = [Int](repeating: 0, count: count)
+        for i in 0..<n where of[i] >= 0 { members[of[i]] += 1 }
+        return members
     }
 
     /// Lowers `w` until every static constraint holds exactly: clip to
@@ -221,7 +293,9 @@ struct Limits {
     /// When Σhi ≤ s the bounds win: w = hi.
     func waterfill(_ t: [Double], _ s: Double) -> [Double] {
         var shift = Double.nan
-        return waterfill(t, s, shift: &shift)
+        var w = [Double](repeating: 0, count: n)
+        waterfill(into: &w, t, s, shift: &shift)
+        return w
     }
 
     /// The same, with `shift` a starting guess for λ (NaN: none) that is
@@ -233,7 +307,7 @@ struct Limits {
     /// usually lies in the right piece already, so one or two steps suffice.
     /// (Sorting the 2n breakpoints on every call made the projection with
     /// group caps the most expensive part of a decision.)
-    func waterfill(_ t: [Double], _ s: Double, shift: inout Double) -> [Double] {
+    func waterfill(into w: inout [Double], _ t: [Double], _ s: Double, shift: inout Double) {
         var capacity = 0.0
         var lo = Double.infinity, up = -Double.infinity
         for i in 0..<n where hi[i] > 0 {
@@ -241,9 +315,9 @@ struct Limits {
             lo = min(lo, t[i] - hi[i])
             up = max(up, t[i])
         }
-        if capacity <= s { return hi }
+        if capacity <= s { for i in 0..<n { w[i] = hi[i] }; return }
         // g(lo) = Σhi > s and g(up) = 0.
-        if s <= 0 { shift = up; return clampShift(t, up) }
+        if s <= 0 { shift = up; clampShift(into: &w, t, up); return }
         var lambda = shift.isFinite && shift > lo && shift < up ? shift : (lo + up) / 2
         for _ in 0..<200 {
             var g = 0.0
@@ -264,27 +338,24 @@ struct Limits {
             lambda = next
         }
         shift = lambda
-        return clampShift(t, lambda)
+        clampShift(into: &w, t, lambda)
     }
 
-    private func clampShift(_ t: [Double], _ lambda: Double) -> [Double] {
-        var w = [Double](repeating: 0, count: n)
+    private func clampShift(into w: inout [Double], _ t: [Double], _ lambda: Double) {
         for i in 0..<n { w[i] = min(max(t[i] - lambda, 0), hi[i]) }
-        return w
     }
 
     /// Projection onto the half-spaces Σ_{i∈g} wᵢ ≤ cap(g) of disjoint groups:
     /// an over-cap group's members all drop by the same amount.
-    private func halfspaces(_ u: [Double], _ of: [Int], _ caps: [Double]) -> [Double] {
-        if caps.isEmpty { return u }
-        var sums = [Double](repeating: 0, count: caps.count)
-        var members = [Int](repeating: 0, count: caps.count)
-        for i in 0..<n where of[i] >= 0 { sums[of[i]] += u[i]; members[of[i]] += 1 }
-        var w = u
+    private func halfspaces(_ w: inout [Double], _ of: [Int], _ caps: [Double], _ members: [Int],
+                            _ sums: inout [Double])
+    {
+        if caps.isEmpty { return }
+        for g in 0..<caps.count { sums[g] = 0 }
+        for i in 0..<n where of[i] >= 0 { sums[of[i]] += w[i] }
         for i in 0..<n where of[i] >= 0 {
             let g = of[i]
             if sums[g] > caps[g] { w[i] -= (sums[g] - caps[g]) / Double(members[g]) }
         }
-        return w
     }
 }

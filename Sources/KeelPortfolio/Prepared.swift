@@ -15,6 +15,8 @@ struct Prepared {
     /// Σ strategic (after scaling to leave the minimum cash).
     let investedTarget: Double
     let series: [[Double]]
+    /// Daily log returns of each series (computed once for features and risk).
+    let returns: [[Double]]
     let stats: [FeatureSet.SeriesStats]
     let defaultVolatility: [Double]
     let lot: [Double]
@@ -29,8 +31,10 @@ struct Prepared {
         var index: [String: Int] = [:]
         index.reserveCapacity(n)
         var series: [[Double]] = []
+        var returns: [[Double]] = []
         var stats: [FeatureSet.SeriesStats] = []
         series.reserveCapacity(n)
+        returns.reserveCapacity(n)
         stats.reserveCapacity(n)
         var lots = [Double](repeating: 1, count: n)
         for (i, instrument) in instruments.enumerated() {
@@ -57,13 +61,16 @@ struct Prepared {
                 throw bad("instrument '\(id)': average_daily_volume \(instrument.averageDailyVolume) is not a finite number >= 0")
             }
             let s = FeatureSet.series(of: instrument)
+            let r = FeatureSet.logReturns(s)
             series.append(s)
-            stats.append(FeatureSet.stats(s))
+            returns.append(r)
+            stats.append(FeatureSet.stats(s, returns: r))
             lots[i] = input.mandate.allowFractional ? 0 : (instrument.lotSize > 0 ? instrument.lotSize : 1)
         }
         ids = instruments.map(\.id)
         prices = instruments.map(\.price)
         self.series = series
+        self.returns = returns
         self.stats = stats
         lot = lots
         defaultVolatility = instruments.map(\.assetClass.defaultVolatility)

@@ -35,15 +35,21 @@ public struct RiskModel: Sendable {
     ///   - series: per asset, its price series (oldest first, positive).
     ///   - defaultVolatility: per asset, the annualised volatility for short histories.
     public init(series: [[Double]], defaultVolatility: [Double], lambda: Double = FeatureSet.ewmaLambda) {
-        let n = series.count
+        self.init(returns: series.map(FeatureSet.logReturns), defaultVolatility: defaultVolatility, lambda: lambda)
+    }
+
+    /// The same from each asset's daily log returns (oldest first), as
+    /// ``FeatureSet/logReturns(_:)`` gives them.
+    public init(returns: [[Double]], defaultVolatility: [Double], lambda: Double = FeatureSet.ewmaLambda) {
+        let n = returns.count
         assets = n
-        var usable: [Int] = []
+        var usable = [Bool](repeating: false, count: n)
         var shortest = Int.max
-        for i in 0..<n where series[i].count - 1 >= Self.minimumReturns {
-            usable.append(i)
-            shortest = min(shortest, series[i].count - 1)
+        for i in 0..<n where returns[i].count >= Self.minimumReturns {
+            usable[i] = true
+            shortest = min(shortest, returns[i].count)
         }
-        let t = usable.isEmpty ? 0 : min(shortest, Self.maximumWindow)
+        let t = shortest == Int.max ? 0 : min(shortest, Self.maximumWindow)
         window = t
         var f = [Double](repeating: 0, count: t * n)
         if t > 0 {
@@ -53,20 +59,16 @@ public struct RiskModel: Sendable {
             var total = 0.0
             for k in stride(from: t - 1, through: 0, by: -1) { weights[k] = w; total += w; w *= lambda }
             for k in 0..<t { weights[k] = (weights[k] / total * FeatureSet.tradingDaysPerYear).squareRoot() }
-            for i in usable {
-                let p = series[i]
-                let last = p.count - 1
-                for k in 0..<t {
-                    let day = last - (t - 1 - k)
-                    f[k * n + i] = weights[k] * log(p[day] / p[day - 1])
-                }
+            for i in 0..<n where usable[i] {
+                let r = returns[i]
+                let offset = r.count - t
+                for k in 0..<t { f[k * n + i] = weights[k] * r[offset + k] }
             }
         }
         factors = f
         var d = [Double](repeating: 0, count: n)
         var defaulted: [Int] = []
-        let usableSet = Set(usable)
-        for i in 0..<n where !usableSet.contains(i) {
+        for i in 0..<n where !usable[i] {
             d[i] = defaultVolatility[i] * defaultVolatility[i]
             defaulted.append(i)
         }
@@ -76,9 +78,20 @@ public struct RiskModel: Sendable {
 
     /// wᵀΣw for instrument weights `w` (cash carries no risk).
     public func variance(_ w: [Double]) -> Double {
-        let (a, b, c) = quadratic(w, [Double](repeating: 0, count: assets))
-        _ = b; _ = c
-        return a
+        var total = 0.0
+        let n = assets
+        factors.withUnsafeBufferPointer { fp in
+            w.withUnsafeBufferPointer { wp in
+                for k in 0..<window {
+                    let row = k * n
+                    var x = 0.0
+                    for i in 0..<n { x += fp[row + i] * wp[i] }
+                    total += x * x
+                }
+            }
+        }
+        for i in 0..<n where diagonal[i] != 0 { total += diagonal[i] * w[i] * w[i] }
+        return total
     }
 
     /// Annualised volatility of `w`.

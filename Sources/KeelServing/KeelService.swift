@@ -78,8 +78,18 @@ public final class KeelService: RequestHandler {
         let result: Result<[UInt8], RPCStatus>
         switch method {
         case .rebalance:
-            result = await serve(m, request, Keel_V1_RebalanceRequest.self) { r throws(RPCStatus) in
-                try await self.performRebalance(r, bytes: request, deadline: deadline)
+            // Not through `serve`: the response is encoded once, inside, for the
+            // audit record and the wire alike.
+            let decodeStart = ContinuousClock.now
+            if let r = try? Keel_V1_RebalanceRequest(serializedBytes: request) {
+                m.decode.record(from: decodeStart, to: .now)
+                do throws(RPCStatus) {
+                    result = .success(try await performRebalance(r, bytes: request, deadline: deadline))
+                } catch {
+                    result = .failure(error)
+                }
+            } else {
+                result = .failure(Self.undecodable(Keel_V1_RebalanceRequest.self, request))
             }
         case .harvestTaxLosses:
             result = await serve(m, request, Keel_V1_HarvestTaxLossesRequest.self) { r throws(RPCStatus) in
@@ -125,6 +135,16 @@ public final class KeelService: RequestHandler {
         return result
     }
 
+    /// INVALID_ARGUMENT for bytes that do not decode as `type`, with the decoder's reason.
+    static func undecodable<Request: SwiftProtobuf.Message>(_ type: Request.Type, _ bytes: [UInt8]) -> RPCStatus {
+        do {
+            _ = try Request(serializedBytes: bytes)
+            return RPCStatus(.invalidArgument, "cannot decode \(Request.protoMessageName)")
+        } catch {
+            return RPCStatus(.invalidArgument, "cannot decode \(Request.protoMessageName): \(error)")
+        }
+    }
+
     /// Decode, call, encode, timing decode and encode.
     private func serve<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
         _ m: ServiceMetrics.PerMethod, _ bytes: [UInt8], _ type: Request.Type,
@@ -135,7 +155,7 @@ public final class KeelService: RequestHandler {
         do {
             request = try Request(serializedBytes: bytes)
         } catch {
-            return .failure(RPCStatus(.invalidArgument, "cannot decode \(Request.protoMessageName): \(error)"))
+            return .failure(Self.undecodable(Request.self, bytes))
         }
         m.decode.record(from: decodeStart, to: .now)
         let response: Response
@@ -163,7 +183,12 @@ public final class KeelService: RequestHandler {
         async throws(RPCStatus) -> Keel_V1_RebalanceResponse
     {
         try await counted(.rebalance) { () async throws(RPCStatus) in
-            try await performRebalance(request, bytes: nil, deadline: deadline)
+            let bytes = try await performRebalance(request, bytes: nil, deadline: deadline)
+            do {
+                return try Keel_V1_RebalanceResponse(serializedBytes: bytes)
+            } catch {
+                throw RPCStatus(.internal, "cannot decode the encoded response: \(error)")
+            }
         }
     }
 
@@ -253,11 +278,14 @@ public final class KeelService: RequestHandler {
 
     // MARK: - Rebalance
 
-    /// Runs the engine through the gate, settles approval, then commits the
-    /// audit record; only then is the response returned.
+    /// Runs the engine through the gate, commits the audit record, settles
+    /// approval; only then are the response's bytes returned. The response is
+    /// encoded once: the audit record carries those bytes as its `response`
+    /// field, and the wire gets them with `audit_record_hash` appended (a
+    /// protobuf message may be extended by appending fields).
     private func performRebalance(_ request: Keel_V1_RebalanceRequest, bytes: [UInt8]?,
                                   deadline: ContinuousClock.Instant)
-        async throws(RPCStatus) -> Keel_V1_RebalanceResponse
+        async throws(RPCStatus) -> [UInt8]
     {
         let m = metrics[.rebalance]
         let arrived = ContinuousClock.now
@@ -271,15 +299,23 @@ public final class KeelService: RequestHandler {
         }
         var response = decided
         let account = request.portfolio.accountID
+        let encodeStart = ContinuousClock.now
+        var out: [UInt8]
+        do { out = try response.serializedBytes() } catch {
+            throw RPCStatus(.internal, "cannot encode the RebalanceResponse: \(error)")
+        }
+        m.encode.record(from: encodeStart, to: .now)
         if let audit, let record {
-            let payload: [UInt8]
+            var payload: [UInt8]
             do { payload = try record.serializedBytes() } catch {
                 throw RPCStatus(.internal, "cannot encode the audit record: \(error)")
             }
+            ProtobufWire.appendLengthDelimited(&payload, field: 8, out)  // DecisionRecord.response
             do throws(AuditError) {
                 let receipt = try await audit.append(AuditEntry(kind: .decision, accountID: account,
                                                                 decisionID: response.decisionID, payload: payload))
                 response.auditRecordHash = receipt.hash
+                ProtobufWire.appendLengthDelimited(&out, field: 13, Array(receipt.hash.utf8))  // audit_record_hash
             } catch {
                 logger.error("audit append failed; the decision is not answered",
                              metadata: ["decision_id": "\(response.decisionID)", "error": "\(error)"])
@@ -299,7 +335,7 @@ public final class KeelService: RequestHandler {
             throw RPCStatus(.deadlineExceeded,
                             "deadline exceeded: the decision was recorded (\(response.decisionID)) after the deadline")
         }
-        return response
+        return out
     }
 
     /// Adapts a served policy model to the engine's scorer.
@@ -386,7 +422,7 @@ public final class KeelService: RequestHandler {
             return w
         }
         record.marketStateUnixNanos = marketTime
-        record.response = response
+        // record.response: the response's encoded bytes are appended by the caller.
         record.latencyNanos = Self.nanos(ContinuousClock.now - arrived)
         return (response, record, triggered)
     }
