@@ -30,6 +30,8 @@ public final class AuditLog: Sendable {
     /// The database file.
     public let path: String
     public let durability: AuditDurability
+    /// Whether `append` decodes each payload before queueing it.
+    public let checksPayloads: Bool
     /// Most records per transaction.
     public let maxBatch: Int
 
@@ -43,12 +45,21 @@ public final class AuditLog: Sendable {
     /// its last record's stored hash does not match its contents (the chain
     /// is not extended past a broken record: run `keel audit verify`), and
     /// ``AuditError/Code/io`` when it cannot be opened or created.
-    public convenience init(path: String, durability: AuditDurability = .full, maxBatch: Int = 1024) throws(AuditError) {
-        try self.init(path: path, durability: durability, maxBatch: maxBatch, maxQueued: Self.maxQueued)
+    ///
+    /// `checksPayloads`: decode every payload before queueing it (the default).
+    /// A caller that encodes its records itself from the generated messages,
+    /// as the server does, may turn it off to save the decode on its request
+    /// path; `AuditReader.verify` decodes every payload either way.
+    public convenience init(path: String, durability: AuditDurability = .full, maxBatch: Int = 1024,
+                            checksPayloads: Bool = true) throws(AuditError) {
+        try self.init(path: path, durability: durability, maxBatch: maxBatch, maxQueued: Self.maxQueued,
+                      checksPayloads: checksPayloads)
     }
 
     /// As the public initializer, with a smaller queue bound for tests.
-    init(path: String, durability: AuditDurability, maxBatch: Int, maxQueued: Int) throws(AuditError) {
+    init(path: String, durability: AuditDurability, maxBatch: Int, maxQueued: Int,
+         checksPayloads: Bool = true) throws(AuditError) {
+        self.checksPayloads = checksPayloads
         guard maxBatch >= 1 else { throw AuditError(.invalidArgument, "maxBatch must be at least 1, not \(maxBatch)") }
         guard maxQueued >= 1 else { throw AuditError(.invalidArgument, "maxQueued must be at least 1, not \(maxQueued)") }
         self.path = path
@@ -75,7 +86,7 @@ public final class AuditLog: Sendable {
     /// ``AuditError/Code/closed`` after ``close()``, and
     /// ``AuditError/Code/io`` when its transaction failed.
     public func append(_ entry: AuditEntry) async throws(AuditError) -> AuditReceipt {
-        try Self.validate(entry)
+        try Self.validate(entry, payload: checksPayloads)
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<AuditReceipt, AuditError>, Never>) in
             do throws(AuditError) {
                 try writer.enqueue(entry) { continuation.resume(returning: $0) }
@@ -89,7 +100,7 @@ public final class AuditLog: Sendable {
     /// ``append(_:)`` that blocks the calling thread until the commit. For
     /// tools and tests; server code on the concurrency pool uses ``append(_:)``.
     public func appendAndWait(_ entry: AuditEntry) throws(AuditError) -> AuditReceipt {
-        try Self.validate(entry)
+        try Self.validate(entry, payload: checksPayloads)
         let done = DispatchSemaphore(value: 0)
         let outcome = Mutex<Result<AuditReceipt, AuditError>?>(nil)
         try writer.enqueue(entry) { result in
@@ -151,7 +162,7 @@ public final class AuditLog: Sendable {
         }
     }
 
-    static func validate(_ entry: AuditEntry) throws(AuditError) {
+    static func validate(_ entry: AuditEntry, payload checkPayload: Bool = true) throws(AuditError) {
         for (name, value) in [("accountID", entry.accountID), ("decisionID", entry.decisionID)] {
             guard value.utf8.count <= AuditEntry.maxIDBytes else {
                 throw AuditError(.invalidArgument,
@@ -165,6 +176,7 @@ public final class AuditLog: Sendable {
             throw AuditError(.invalidArgument,
                              "payload is \(entry.payload.count) bytes; at most \(AuditEntry.maxPayloadBytes) allowed")
         }
+        guard checkPayload else { return }
         do {
             _ = try AuditStore.decodePayload(entry.payload, kind: entry.kind)
         } catch {

@@ -145,8 +145,10 @@ public struct RebalanceEngine: Sendable {
         // bounds). Only the turnover cap can then make it infeasible.
         var forcedRuleSet = Set(force.compactMap { Self.rule(for: $0, volRule: volRule) })
         let volForcedRaw = risk.volatility(forced)
+        var volForced = volForcedRaw
         if volForcedRaw > volLimit * (1 + 1e-9) {
             let k = volLimit / volForcedRaw * (1 - 1e-9)
+            volForced = volForcedRaw * k
             for i in 0..<n where forced[i] > 0 {
                 forced[i] *= k
                 if force[i] == .none || force[i] == .minCash { force[i] = .volatility }
@@ -162,7 +164,6 @@ public struct RebalanceEngine: Sendable {
             conflicts.append("mandate.max_turnover (\(pct(maxTurnover))) conflicts with "
                 + "\(forcedRules.joined(separator: ", ")): the sales they force need \(pct(forcedTurnover)) turnover")
         }
-        let volForced = risk.volatility(forced)
         if volForced > volLimit * (1 + 1e-9) {
             conflicts.append("\(volRule) (max volatility \(pct(maxVol))) conflicts with "
                 + "\(forcedRules.joined(separator: ", ")): the sales they force raise volatility to \(pct(volForced))")
@@ -197,6 +198,7 @@ public struct RebalanceEngine: Sendable {
 
         // 6. Orders, with a smaller step whenever rounding breaks a limit.
         var plan: Plan? = nil
+        var planChecks: [ComplianceCheck] = []
         var step = alpha
         for attempt in 0...16 {
             step = alpha * (1 - Double(attempt) / 16)
@@ -204,10 +206,10 @@ public struct RebalanceEngine: Sendable {
             for i in 0..<n { w[i] += step * d[i] }
             let candidate = makePlan(x, continuous: w, goal: p, force: force, tilt: tilt, z: z, limits: limits,
                                      risk: risk, volLimit: volLimit)
-            let failures = Compliance.check(candidate.outcome, prepared: x, limits: limits, risk: risk,
-                                            maxVol: maxVol, volRule: volRule, volBefore: volBefore)
-                .filter { !$0.passed }
-            if failures.isEmpty { plan = candidate; break }
+            let candidateChecks = Compliance.check(candidate.outcome, prepared: x, limits: limits, risk: risk,
+                                                   maxVol: maxVol, volRule: volRule, volBefore: volBefore)
+            let failures = candidateChecks.filter { !$0.passed }
+            if failures.isEmpty { plan = candidate; planChecks = candidateChecks; break }
             if attempt == 16 {
                 conflicts = failures.map { "\($0.rule) cannot hold with \(forcedRules.joined(separator: ", ")): \($0.detail)" }
             }
@@ -215,8 +217,7 @@ public struct RebalanceEngine: Sendable {
         guard var chosen = plan else {
             return infeasible(x, risk: risk, maxVol: maxVol, scores: scores, conflicts: conflicts)
         }
-        checks = Compliance.check(chosen.outcome, prepared: x, limits: limits, risk: risk, maxVol: maxVol,
-                                  volRule: volRule, volBefore: volBefore)
+        checks = planChecks
         if limitedBy.vol {
             checks.append(ComplianceCheck(rule: volRule, passed: true,
                 detail: "trades toward the target limited to \(pct(step)) of the way so that volatility stays within "
@@ -252,7 +253,7 @@ public struct RebalanceEngine: Sendable {
             targets.append(TargetWeight(instrumentID: x.ids[i], currentWeight: x.w0[i], strategicWeight: x.strategic[i],
                                         targetWeight: w1[i], policyScore: Double(scores[i])))
         }
-        let riskBefore = risk.figures(x.w0, strategic: x.strategic, maxVolatility: maxVol)
+        let riskBefore = risk.figures(x.w0, strategic: x.strategic, maxVolatility: maxVol, volatility: volBefore)
         let riskAfter = risk.figures(w1, strategic: x.strategic, maxVolatility: maxVol)
         var notes = x.notes
         if !risk.defaulted.isEmpty {

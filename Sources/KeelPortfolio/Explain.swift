@@ -66,43 +66,81 @@ enum Summary {
     static func explanation(_ order: Order, asset i: Int, x: Prepared, z: Double, limits: Limits, weightAfter: Double,
                             maxVol: Double) -> String
     {
-        let verb = order.side == .buy ? "Buy" : "Sell"
-        var parts: [String] = []
         let instrument = x.input.instruments[i]
-        for reason in order.reasons {
+        var t = TextBuilder(capacity: 320)
+        t.add(order.side == .buy ? "Buy " : "Sell ")
+        t.add(number(order.quantity))
+        t.add(" ")
+        t.add(order.instrumentID)
+        t.add(" (about ")
+        t.money(order.notional)
+        t.add("): ")
+        for (k, reason) in order.reasons.enumerated() {
+            if k > 0 { t.add("; ") }
             switch reason {
-            case .exclusion: parts.append("the mandate excludes it")
+            case .exclusion: t.add("the mandate excludes it")
             case .esgExclusion:
-                parts.append("its ESG score \(number(instrument.esgScore ?? 0)) is below the floor of "
-                    + "\(number(x.input.mandate.esgFloor))")
+                t.add("its ESG score ")
+                t.add(number(instrument.esgScore ?? 0))
+                t.add(" is below the floor of ")
+                t.add(number(x.input.mandate.esgFloor))
             case .cap:
                 if limits.hiReason[i] == .instrumentCap && x.w0[i] > limits.hi[i] {
-                    parts.append("it is \(pct(x.w0[i])) of the portfolio, above the \(pct(limits.hi[i])) cap")
+                    t.add("it is ")
+                    t.percent(x.w0[i])
+                    t.add(" of the portfolio, above the ")
+                    t.percent(limits.hi[i])
+                    t.add(" cap")
                 } else if limits.sectorOf[i] >= 0 {
-                    parts.append("sector \(instrument.sector) is above its cap")
+                    t.add("sector ")
+                    t.add(instrument.sector)
+                    t.add(" is above its cap")
                 } else {
-                    parts.append("its asset class is above its cap")
+                    t.add("its asset class is above its cap")
                 }
             case .cashTarget:
-                parts.append(order.side == .sell
-                    ? "to keep cash at or above the \(pct(x.input.mandate.minCashWeight)) minimum"
-                    : "to invest cash above the target")
-            case .riskLimit: parts.append("to keep portfolio volatility within the \(pct(maxVol)) the client's profile allows")
-            case .suitability: parts.append("its size is limited by the client's risk profile")
+                if order.side == .sell {
+                    t.add("to keep cash at or above the ")
+                    t.percent(x.input.mandate.minCashWeight)
+                    t.add(" minimum")
+                } else {
+                    t.add("to invest cash above the target")
+                }
+            case .riskLimit:
+                t.add("to keep portfolio volatility within the ")
+                t.percent(maxVol)
+                t.add(" the client's profile allows")
+            case .suitability: t.add("its size is limited by the client's risk profile")
             case .drift:
-                parts.append("it moves the weight from \(pct(x.w0[i])) to \(pct(weightAfter)), toward the strategic "
-                    + "\(pct(x.strategic[i]))")
+                t.add("it moves the weight from ")
+                t.percent(x.w0[i])
+                t.add(" to ")
+                t.percent(weightAfter)
+                t.add(", toward the strategic ")
+                t.percent(x.strategic[i])
             case .policySignal:
-                let sign = z >= 0 ? "+" : ""
-                var text = "the policy scores it \(sign)\(Format.fixed(z, 2)) standard deviations from the portfolio's mean"
-                if let top = order.topFeatures.first { text += " (mostly \(top.feature))" }
-                parts.append(text)
-            case .tax, .liquidity, .washSaleBlock: parts.append(reason.rawValue.lowercased())
+                t.add("the policy scores it ")
+                if z >= 0 { t.add("+") }
+                t.fixed(z, 2)
+                t.add(" standard deviations from the portfolio's mean")
+                if let top = order.topFeatures.first {
+                    t.add(" (mostly ")
+                    t.add(top.feature)
+                    t.add(")")
+                }
+            case .tax, .liquidity, .washSaleBlock: t.add(reason.rawValue.lowercased())
             }
         }
-        let head = "\(verb) \(number(order.quantity)) \(order.instrumentID) (about \(money(order.notional))): "
-        return head + parts.joined(separator: "; ") + ". Estimated cost \(money(order.estimatedCost))"
-            + (order.required ? ", required by a hard constraint." : ", expected benefit \(money(order.expectedBenefit)).")
+        t.add(". Estimated cost ")
+        t.money(order.estimatedCost)
+        if order.required {
+            t.add(", required by a hard constraint.")
+        } else {
+            t.add(", expected benefit ")
+            t.money(order.expectedBenefit)
+            t.add(".")
+        }
+        return t.text
     }
 
     static func paragraph(_ d: RebalanceDecision, profile: RiskProfile, volRule: String) -> String {

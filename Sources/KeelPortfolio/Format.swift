@@ -6,31 +6,64 @@ enum Format {
     /// `v` with `decimals` (0...4) digits after the point, and thousands
     /// separators when `grouping`. Values beyond ±1e15 print as Double does.
     static func fixed(_ v: Double, _ decimals: Int, grouping: Bool = false) -> String {
-        guard v.isFinite, abs(v) < 1e15 else { return String(v) }
+        var out: [UInt8] = []
+        out.reserveCapacity(28)
+        append(&out, v, decimals, grouping: grouping)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// ``fixed(_:_:grouping:)`` appended to `out`.
+    static func append(_ out: inout [UInt8], _ v: Double, _ decimals: Int, grouping: Bool = false) {
+        guard v.isFinite, abs(v) < 1e15 else { out.append(contentsOf: String(v).utf8); return }
         let scale = powers[min(4, max(0, decimals))]
         let scaled = Int((abs(v) * Double(scale)).rounded())
         var whole = scaled / scale
         var fraction = scaled % scale
-        var reversed: [UInt8] = []
-        reversed.reserveCapacity(28)
+        let start = out.count
         if decimals > 0 {
             for _ in 0..<decimals {
-                reversed.append(UInt8(48 + fraction % 10))
+                out.append(UInt8(48 + fraction % 10))
                 fraction /= 10
             }
-            reversed.append(UInt8(ascii: "."))
+            out.append(UInt8(ascii: "."))
         }
         var count = 0
         repeat {
-            if grouping && count > 0 && count % 3 == 0 { reversed.append(UInt8(ascii: ",")) }
-            reversed.append(UInt8(48 + whole % 10))
+            if grouping && count > 0 && count % 3 == 0 { out.append(UInt8(ascii: ",")) }
+            out.append(UInt8(48 + whole % 10))
             whole /= 10
             count += 1
         } while whole > 0
-        if v < 0 && scaled != 0 { reversed.append(UInt8(ascii: "-")) }
-        reversed.reverse()
-        return String(decoding: reversed, as: UTF8.self)
+        if v < 0 && scaled != 0 { out.append(UInt8(ascii: "-")) }
+        out[start...].reverse()
     }
+}
+
+/// Text assembled as UTF-8 bytes: one allocation per text instead of one
+/// per piece (explanations are written for every order of every decision).
+struct TextBuilder {
+    var bytes: [UInt8] = []
+
+    init(capacity: Int = 256) { bytes.reserveCapacity(capacity) }
+
+    mutating func add(_ text: StaticString) {
+        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func add(_ text: String) { bytes.append(contentsOf: text.utf8) }
+
+    /// A percentage with one decimal.
+    mutating func percent(_ x: Double) {
+        guard x.isFinite else { add("unlimited"); return }
+        Format.append(&bytes, x * 100, 1)
+        bytes.append(UInt8(ascii: "%"))
+    }
+
+    mutating func money(_ v: Double) { Format.append(&bytes, v, 2, grouping: true) }
+
+    mutating func fixed(_ v: Double, _ decimals: Int) { Format.append(&bytes, v, decimals) }
+
+    var text: String { String(decoding: bytes, as: UTF8.self) }
 }
 
 /// A percentage with one decimal ("12.5%"), "unlimited" for infinity.

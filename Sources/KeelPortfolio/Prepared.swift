@@ -130,12 +130,13 @@ struct Prepared {
 
         var strategic = [Double](repeating: 0, count: n)
         var total = 0.0
-        var seen = Set<String>()
+        var seen = [Bool](repeating: false, count: n)
         for (k, entry) in mandate.strategicWeights.enumerated() {
             guard let i = index[entry.id] else {
                 throw bad("strategic weight \(k): instrument '\(entry.id)' is not among the request's instruments")
             }
-            guard seen.insert(entry.id).inserted else { throw bad("strategic weight for '\(entry.id)' is given twice") }
+            guard !seen[i] else { throw bad("strategic weight for '\(entry.id)' is given twice") }
+            seen[i] = true
             guard entry.weight.isFinite, entry.weight >= 0, entry.weight <= 1 else {
                 throw bad("strategic weight of '\(entry.id)' is \(entry.weight); it must be within 0...1")
             }

@@ -149,11 +149,14 @@ public struct RiskModel: Sendable {
     }
 
     /// Volatility, tracking error against `strategic`, and concentration.
-    public func figures(_ w: [Double], strategic: [Double], maxVolatility: Double) -> RiskFigures {
+    /// `volatility`: `w`'s, when the caller has it already.
+    public func figures(_ w: [Double], strategic: [Double], maxVolatility: Double, volatility known: Double? = nil)
+        -> RiskFigures
+    {
         var active = w
         var hhi = 0.0
         for i in 0..<w.count { active[i] -= strategic[i]; hhi += w[i] * w[i] }
-        return RiskFigures(volatility: volatility(w), trackingError: volatility(active), concentration: hhi,
+        return RiskFigures(volatility: known ?? volatility(w), trackingError: volatility(active), concentration: hhi,
                            maxVolatility: maxVolatility)
     }
 }

@@ -78,7 +78,10 @@ public final class KeelServerRunner: Sendable {
         let audit: AuditLog
         let service: KeelService
         do throws(AuditError) {
-            audit = try AuditLog(path: config.auditDatabase, durability: config.auditSync == "normal" ? .normal : .full)
+            // The service encodes its records from the generated messages itself:
+            // no decode-to-check on the request path (verify decodes them all).
+            audit = try AuditLog(path: config.auditDatabase, durability: config.auditSync == "normal" ? .normal : .full,
+                                 checksPayloads: false)
             var rules = ApprovalRules()
             rules.expiry = config.approvalExpiry
             service = try KeelService(repository: repository, gate: gate, audit: audit, approvalRules: rules,

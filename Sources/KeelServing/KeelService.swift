@@ -312,8 +312,10 @@ public final class KeelService: RequestHandler {
             }
             ProtobufWire.appendLengthDelimited(&payload, field: 8, out)  // DecisionRecord.response
             do throws(AuditError) {
+                let auditStart = ContinuousClock.now
                 let receipt = try await audit.append(AuditEntry(kind: .decision, accountID: account,
                                                                 decisionID: response.decisionID, payload: payload))
+                m.audit.record(from: auditStart, to: .now)
                 response.auditRecordHash = receipt.hash
                 ProtobufWire.appendLengthDelimited(&out, field: 13, Array(receipt.hash.utf8))  // audit_record_hash
             } catch {

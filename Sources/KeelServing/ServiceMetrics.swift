@@ -3,7 +3,8 @@ import Synchronization
 
 /// Per-request metrics: `keel_requests_total{method,code}` and
 /// `keel_request_duration_seconds{method,phase}` (phases decode, queue,
-/// inference, encode), as swift-metrics `Timer`s recording nanoseconds.
+/// inference, encode, audit: the wait for the audit record's commit), as
+/// swift-metrics `Timer`s recording nanoseconds.
 ///
 /// Every timer and the OK counter are created up front, so the request path
 /// does no factory lookups; counters for error codes are created on first use
@@ -12,7 +13,7 @@ import Synchronization
 /// Thread safety: immutable apart from the lock-protected error counters.
 final class ServiceMetrics: Sendable {
     enum Phase: String, CaseIterable {
-        case decode, queue, inference, encode
+        case decode, queue, inference, encode, audit
     }
 
     final class PerMethod: Sendable {
@@ -20,6 +21,7 @@ final class ServiceMetrics: Sendable {
         let queue: Metrics.Timer
         let inference: Metrics.Timer
         let encode: Metrics.Timer
+        let audit: Metrics.Timer
         let ok: Counter
         private let method: String
         private let factory: any MetricsFactory
@@ -35,6 +37,7 @@ final class ServiceMetrics: Sendable {
             queue = timer(.queue)
             inference = timer(.inference)
             encode = timer(.encode)
+            audit = timer(.audit)
             ok = Counter(label: "keel_requests_total", dimensions: [("method", name), ("code", "OK")],
                          factory: factory)
             self.method = name

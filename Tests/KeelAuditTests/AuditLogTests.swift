@@ -308,6 +308,21 @@ struct AuditLogTests {
         log.close()
     }
 
+    @Test("with payload checks off an undecodable payload is stored, and verify names its record")
+    func uncheckedPayloads() throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path, checksPayloads: false)
+        #expect(!log.checksPayloads)
+        _ = try log.appendAndWait(Records.decision(account: "a", decision: "d1"))
+        let receipt = try log.appendAndWait(AuditEntry(kind: .decision, accountID: "a", decisionID: "d2",
+                                                       payload: [0xFF, 0xFF, 0xFF]))
+        #expect(receipt.sequence == 2)
+        log.close()
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.firstBroken?.sequence == 2)
+    }
+
     @Test("an empty payload (a default approval message) is stored and verifies")
     func emptyPayload() throws {
         let scratch = try ScratchDirectory()

@@ -43,7 +43,9 @@ while let flag = args.popFirst() {
 
 let model = try Model(contentsOf: modelPath)
 let scorer = SessionScorer(session: try model.makeSession(), featureNames: model.featureNames ?? [])
-let engine = RebalanceEngine()
+var config = EngineConfig()
+if let top = ProcessInfo.processInfo.environment["KEEL_BENCH_TOP_FEATURES"], let k = Int(top) { config.topFeatures = k }
+let engine = RebalanceEngine(config: config)
 print("engine alone, model \(modelPath) (sha256 \(model.sha256.prefix(12))), blas core \(Blas.coreName), "
     + "threads \(Blas.threads), \(seconds) s per size")
 print("")
