@@ -49,6 +49,19 @@ public enum AuditExportFormat: String, Sendable, CaseIterable {
 ///
 /// Thread safety: pure functions of the file; call from any thread. They
 /// block the calling thread on file I/O.
+/// One record of the log, its payload decoded (`Keel_V1_DecisionRecord` or
+/// `Keel_V1_ApprovalRecord`, per `kind`).
+public struct AuditRecord: @unchecked Sendable {
+    public let sequence: Int64
+    public let recordedUnixNanos: Int64
+    public let kind: AuditKind
+    public let accountID: String
+    public let decisionID: String
+    public let prevHash: String
+    public let hash: String
+    public let message: any SwiftProtobuf.Message
+}
+
 public enum AuditReader {
     /// Opens `path` read-only and checks every record in sequence order:
     /// sequences contiguous from 1, `prev_hash` equal to the previous record's
@@ -155,13 +168,52 @@ public enum AuditReader {
     public static func export(path: String, sinceUnixNanos: Int64, format: AuditExportFormat,
                               write: (String) -> Void) throws(AuditError)
     {
+        try records(path: path, sinceUnixNanos: sinceUnixNanos, opened: {
+            if format == .csv { write("sequence,recorded_at,kind,account_id,decision_id,prev_hash,hash,payload\r\n") }
+        }) { (record: AuditRecord) throws(AuditError) in
+            let payloadJSON: String
+            do {
+                payloadJSON = try record.message.jsonString()
+            } catch {
+                throw AuditError(.corrupt, "\(path): record \(record.sequence): payload has no JSON form: \(error)")
+            }
+            let recordedAt = AuditTime.iso8601(unixNanos: record.recordedUnixNanos)
+            switch format {
+            case .jsonl:
+                var line = "{\"sequence\":\(record.sequence)"
+                line += ",\"recorded_at\":" + jsonQuoted(recordedAt)
+                line += ",\"kind\":" + jsonQuoted(record.kind.rawValue)
+                line += ",\"account_id\":" + jsonQuoted(record.accountID)
+                line += ",\"decision_id\":" + jsonQuoted(record.decisionID)
+                line += ",\"prev_hash\":" + jsonQuoted(record.prevHash)
+                line += ",\"hash\":" + jsonQuoted(record.hash)
+                line += ",\"payload\":" + payloadJSON + "}\n"
+                write(line)
+            case .csv:
+                let cells = [
+                    String(record.sequence), recordedAt, record.kind.rawValue, record.accountID,
+                    record.decisionID, record.prevHash, record.hash,
+                ].map { csvField($0, alwaysQuote: false) } + [csvField(payloadJSON, alwaysQuote: true)]
+                write(cells.joined(separator: ",") + "\r\n")
+            }
+        }
+    }
+
+    /// Calls `visit` with every record recorded at or after `sinceUnixNanos`,
+    /// in sequence order, its payload decoded. Does not verify the chain (see
+    /// ``verify(path:)``); a record whose columns or payload do not decode is
+    /// an ``AuditError/Code/corrupt`` error naming its sequence, after the
+    /// records before it were visited. An error `visit` throws ends the walk.
+    /// `opened` runs once the file opened as an audit log, before any record.
+    public static func records(path: String, sinceUnixNanos: Int64, opened: () -> Void = {},
+                               visit: (AuditRecord) throws(AuditError) -> Void) throws(AuditError)
+    {
         let database = try AuditStore.open(path: path, readonly: true, durability: .full)
         defer { try? database.close() }
+        opened()
+        var visitError: AuditError? = nil
         do {
             try database.read { db in
-                if format == .csv {
-                    write("sequence,recorded_at,kind,account_id,decision_id,prev_hash,hash,payload\r\n")
-                }
                 let cursor = try Row.fetchCursor(
                     db, sql: """
                         SELECT \(AuditStore.selectList) FROM audit_records
@@ -179,38 +231,28 @@ public enum AuditReader {
                     guard let kind = record.kind else {
                         throw AuditError(.corrupt, "\(path): record \(record.sequence): unknown kind '\(record.kindText)'")
                     }
-                    let payloadJSON: String
-                    do {
-                        payloadJSON = try AuditStore.decodePayload(record.payload, kind: kind).jsonString()
-                    } catch let error as AuditStore.PayloadError {
+                    let message: any SwiftProtobuf.Message
+                    switch Result(catching: { () throws(AuditStore.PayloadError) in
+                        try AuditStore.decodePayload(record.payload, kind: kind)
+                    }) {
+                    case .success(let decoded): message = decoded
+                    case .failure(let error):
                         throw AuditError(.corrupt, "\(path): record \(record.sequence): \(error.reason)")
-                    } catch {
-                        throw AuditError(.corrupt, "\(path): record \(record.sequence): payload has no JSON form: \(error)")
                     }
-                    let recordedAt = AuditTime.iso8601(unixNanos: record.recordedUnixNanos)
-                    switch format {
-                    case .jsonl:
-                        var line = "{\"sequence\":\(record.sequence)"
-                        line += ",\"recorded_at\":" + jsonQuoted(recordedAt)
-                        line += ",\"kind\":" + jsonQuoted(record.kindText)
-                        line += ",\"account_id\":" + jsonQuoted(record.accountID)
-                        line += ",\"decision_id\":" + jsonQuoted(record.decisionID)
-                        line += ",\"prev_hash\":" + jsonQuoted(record.prevHash)
-                        line += ",\"hash\":" + jsonQuoted(record.hash)
-                        line += ",\"payload\":" + payloadJSON + "}\n"
-                        write(line)
-                    case .csv:
-                        let cells = [
-                            String(record.sequence), recordedAt, record.kindText, record.accountID,
-                            record.decisionID, record.prevHash, record.hash,
-                        ].map { csvField($0, alwaysQuote: false) } + [csvField(payloadJSON, alwaysQuote: true)]
-                        write(cells.joined(separator: ",") + "\r\n")
+                    do throws(AuditError) {
+                        try visit(AuditRecord(sequence: record.sequence, recordedUnixNanos: record.recordedUnixNanos,
+                                              kind: kind, accountID: record.accountID, decisionID: record.decisionID,
+                                              prevHash: record.prevHash, hash: record.hash, message: message))
+                    } catch {
+                        visitError = error
+                        return
                     }
                 }
             }
         } catch {
             throw AuditStore.auditError(path, error, doing: "cannot read the records")
         }
+        if let visitError { throw visitError }
     }
 
     /// Parses `2026-11-21` (midnight UTC), `2026-11-21T10:00:00Z`, with a

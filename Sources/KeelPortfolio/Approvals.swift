@@ -98,6 +98,33 @@ public final class ApprovalBook<Proposal: Sendable>: Sendable {
         store.withLock { $0.entries[approvalID] = entry }
     }
 
+    /// Adds an entry as it was recorded earlier (restoring the book after a
+    /// restart): pending, with its own creation and expiry times.
+    public func restore(approvalID: String, decisionID: String, accountID: String, triggeredRules: [String],
+                        proposal: Proposal, createdUnixNanos: Int64, expiresUnixNanos: Int64)
+    {
+        let entry = Entry(approvalID: approvalID, decisionID: decisionID, accountID: accountID,
+                          triggeredRules: triggeredRules, proposal: proposal, createdUnixNanos: createdUnixNanos,
+                          expiresUnixNanos: expiresUnixNanos, state: .pending, advisorID: "", comment: "",
+                          decidedUnixNanos: 0)
+        store.withLock { $0.entries[approvalID] = entry }
+    }
+
+    /// Applies a recorded decision or expiry to a restored entry (no checks:
+    /// the record says it happened). Unknown ids are ignored.
+    public func settle(approvalID: String, state: State, advisorID: String, comment: String, atUnixNanos: Int64) {
+        store.withLock { s in
+            guard var entry = s.entries[approvalID], entry.state == .pending, state != .pending else { return }
+            entry.state = state
+            entry.advisorID = advisorID
+            entry.comment = comment
+            entry.decidedUnixNanos = atUnixNanos
+            s.entries[approvalID] = entry
+            s.decidedOrder.append(approvalID)
+            Self.trim(&s, keep: retainDecided)
+        }
+    }
+
     /// Marks every pending entry whose time has come as expired and returns
     /// them (for the audit trail).
     public func expire(nowUnixNanos: Int64) -> [Entry] {

@@ -86,6 +86,8 @@ public final class KeelServerRunner: Sendable {
             rules.expiry = config.approvalExpiry
             service = try KeelService(repository: repository, gate: gate, audit: audit, approvalRules: rules,
                                       logger: Logger(label: "keel.service"))
+            let restored = try service.restorePendingApprovals()
+            if restored > 0 { logger.info("pending approvals restored from the audit trail", metadata: ["pending": "\(restored)"]) }
         } catch {
             throw ServerStartError("audit trail '\(config.auditDatabase)': \(error)")
         }

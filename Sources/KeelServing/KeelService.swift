@@ -290,7 +290,7 @@ public final class KeelService: RequestHandler {
         let m = metrics[.rebalance]
         let arrived = ContinuousClock.now
         let (decided, record, pending) = try await gate.run(deadline: deadline) {
-            () throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, [String]) in
+            () throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, PendingPlan?) in
             let start = ContinuousClock.now
             m.queue.record(from: arrived, to: start)
             let result = try self.rebalanceNow(request, bytes: bytes, arrived: arrived)
@@ -327,10 +327,10 @@ public final class KeelService: RequestHandler {
         }
         // Only a recorded decision exists: it may now wait for approval and
         // count as the account's first.
-        if !pending.isEmpty {
-            approvals.add(approvalID: response.approvalID, decisionID: response.decisionID, accountID: account,
-                          triggeredRules: pending, proposal: response, nowUnixNanos: MarketState.nowUnixNanos(),
-                          expiry: approvalRules.expiry)
+        if let pending {
+            approvals.restore(approvalID: response.approvalID, decisionID: response.decisionID, accountID: account,
+                              triggeredRules: pending.rules, proposal: response,
+                              createdUnixNanos: pending.createdUnixNanos, expiresUnixNanos: pending.expiresUnixNanos)
         }
         if !account.isEmpty { _ = accountsSeen.withLock { $0.insert(account) } }
         if audit != nil, ContinuousClock.now > deadline {
@@ -359,10 +359,16 @@ public final class KeelService: RequestHandler {
 
     /// The decision and its audit record. No lock is held while the model
     /// runs (sessions are checked out of the model's pool).
-    /// Also returns the approval rules the decision triggered (empty:
-    /// executable as it is).
+    /// A decision that waits for an advisor: the rules it triggered and its times.
+    struct PendingPlan {
+        let rules: [String]
+        let createdUnixNanos: Int64
+        let expiresUnixNanos: Int64
+    }
+
+    /// Also returns the approval the decision needs (nil: executable as it is).
     private func rebalanceNow(_ request: Keel_V1_RebalanceRequest, bytes: [UInt8]?, arrived: ContinuousClock.Instant)
-        throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, [String])
+        throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, PendingPlan?)
     {
         let name = request.model.isEmpty ? defaultPolicyModel : request.model
         guard let model = repository.serving(name: name) else {
@@ -399,14 +405,18 @@ public final class KeelService: RequestHandler {
         let first = request.portfolio.firstRebalance
             || (!account.isEmpty && !accountsSeen.withLock { $0.contains(account) })
         let triggered = approvalRules.triggered(by: decision, firstRebalance: first)
+        var pending: PendingPlan? = nil
         if !triggered.isEmpty {
+            let created = MarketState.nowUnixNanos()
+            pending = PendingPlan(rules: triggered, createdUnixNanos: created,
+                                  expiresUnixNanos: created &+ Self.nanos(approvalRules.expiry))
             response.status = .pendingApproval
             response.approvalID = DecisionID.make()
             response.summary += " These trades wait for an advisor's approval (approval id \(response.approvalID)) "
                 + "because: " + triggered.joined(separator: "; ") + "."
         }
 
-        guard audit != nil else { return (response, nil, triggered) }
+        guard audit != nil else { return (response, nil, pending) }
         var record = Keel_V1_DecisionRecord()
         if let bytes {
             record.requestDigest = AuditDigest.sha256Hex(bytes)
@@ -425,8 +435,12 @@ public final class KeelService: RequestHandler {
         }
         record.marketStateUnixNanos = marketTime
         // record.response: the response's encoded bytes are appended by the caller.
+        if let pending {
+            record.triggeredRules = pending.rules
+            record.approvalExpiresUnixNanos = pending.expiresUnixNanos
+        }
         record.latencyNanos = Self.nanos(ContinuousClock.now - arrived)
-        return (response, record, triggered)
+        return (response, record, pending)
     }
 
     static func nanos(_ d: Duration) -> Int64 {
@@ -435,6 +449,41 @@ public final class KeelService: RequestHandler {
     }
 
     // MARK: - Approvals
+
+    /// Rebuilds the pending approvals from the audit trail at start: every
+    /// PENDING_APPROVAL decision recorded within the approval expiry, less the
+    /// ones a later record approved, rejected or expired. Returns how many
+    /// are pending. Without an audit trail there is nothing to restore.
+    @discardableResult
+    public func restorePendingApprovals(nowUnixNanos: Int64 = MarketState.nowUnixNanos()) throws(AuditError) -> Int {
+        guard let audit else { return 0 }
+        let since = nowUnixNanos &- Self.nanos(approvalRules.expiry) &- 60 * 1_000_000_000
+        try AuditReader.records(path: audit.path, sinceUnixNanos: since) { (record: AuditRecord) throws(AuditError) in
+            if let decision = record.message as? Keel_V1_DecisionRecord {
+                let response = decision.response
+                guard response.status == .pendingApproval, !response.approvalID.isEmpty else { return }
+                var proposal = response
+                proposal.auditRecordHash = record.hash
+                approvals.restore(approvalID: response.approvalID, decisionID: record.decisionID,
+                                  accountID: record.accountID, triggeredRules: decision.triggeredRules,
+                                  proposal: proposal, createdUnixNanos: record.recordedUnixNanos,
+                                  expiresUnixNanos: decision.approvalExpiresUnixNanos > 0
+                                      ? decision.approvalExpiresUnixNanos
+                                      : record.recordedUnixNanos &+ Self.nanos(approvalRules.expiry))
+            } else if let event = record.message as? Keel_V1_ApprovalRecord {
+                let state: ApprovalBook<Keel_V1_RebalanceResponse>.State
+                switch event.event {
+                case .approved: state = .approved
+                case .rejected: state = .rejected
+                case .expired: state = .expired
+                case .unspecified, .UNRECOGNIZED: return
+                }
+                approvals.settle(approvalID: event.approvalID, state: state, advisorID: event.advisorID,
+                                 comment: event.comment, atUnixNanos: event.decidedUnixNanos)
+            }
+        }
+        return approvals.pending().count
+    }
 
     /// Expires what is due, recording each expiry in the audit trail.
     private func expireApprovals() async throws(RPCStatus) {

@@ -522,6 +522,56 @@ struct KeelServiceTests {
         #expect(verification.headHash == decided.auditRecordHash)
     }
 
+    @Test("pending approvals survive a restart: rebuilt from the audit trail, decided ones stay decided")
+    func approvalsRestoredFromTheAuditTrail() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keel-audit-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("audit.sqlite").path
+        var rules = Self.noApprovals
+        rules.firstRebalance = true
+        let first = try AuditLog(path: path, durability: .normal, checksPayloads: false)
+        let before = try Self.fixture(audit: first, rules: rules)
+        let waiting = try await before.service.rebalance(Self.rebalanceRequest(instruments: ["AAA", "BBB"], account: "ACC-R"),
+                                                         deadline: Self.deadline())
+        let rejected = try await before.service.rebalance(Self.rebalanceRequest(instruments: ["AAA", "BBB"], account: "ACC-S"),
+                                                          deadline: Self.deadline())
+        #expect(waiting.status == .pendingApproval && rejected.status == .pendingApproval)
+        _ = try await before.service.decide(.with {
+            $0.approvalID = rejected.approvalID; $0.approve = false; $0.advisorID = "adv-1"
+        }, deadline: Self.deadline())
+        first.close()
+
+        // A new process: a new service on the same file.
+        let second = try AuditLog(path: path, durability: .normal, checksPayloads: false)
+        let after = try Self.fixture(audit: second, rules: rules)
+        #expect(try after.service.restorePendingApprovals() == 1)
+        let listed = try await after.service.listPending(.init(), deadline: Self.deadline()).pending
+        #expect(listed.map(\.approvalID) == [waiting.approvalID])
+        #expect(listed.first?.accountID == "ACC-R")
+        #expect(listed.first?.triggeredRules.first?.hasPrefix("approval.first_rebalance") == true)
+        #expect(listed.first?.proposal.orders == waiting.orders)
+        #expect(listed.first?.proposal.auditRecordHash == waiting.auditRecordHash)
+        do {
+            _ = try await after.service.decide(.with {
+                $0.approvalID = rejected.approvalID; $0.approve = true; $0.advisorID = "adv-2"
+            }, deadline: Self.deadline())
+            Issue.record("a decision rejected before the restart must stay rejected")
+        } catch {
+            #expect(error.code == .failedPrecondition)
+        }
+        let approved = try await after.service.decide(.with {
+            $0.approvalID = waiting.approvalID; $0.approve = true; $0.advisorID = "adv-2"
+        }, deadline: Self.deadline())
+        #expect(approved.status == .approved)
+        // Known accounts come back too: neither is "first" any more.
+        let again = try await after.service.rebalance(Self.rebalanceRequest(instruments: ["AAA", "BBB"], account: "ACC-R"),
+                                                      deadline: Self.deadline())
+        #expect(again.status == .executable)
+        second.close()
+        #expect(try AuditReader.verify(path: path).isIntact)
+    }
+
     @Test("pending decisions expire and cannot be decided afterwards")
     func approvalsExpire() async throws {
         var rules = Self.noApprovals

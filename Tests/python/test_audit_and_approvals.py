@@ -341,6 +341,40 @@ def test_restart_after_sigkill_keeps_verifying_and_counting(tmp_path):
     assert [rec["hash"] for rec in export_jsonl(db)] == hashes
 
 
+def test_pending_approvals_survive_a_sigkill(tmp_path):
+    """A decision waiting for an advisor before the kill is still waiting after the restart
+    (rebuilt from the audit trail); one decided before the kill stays decided."""
+    db = tmp_path / "audit.sqlite"
+    server = KeelServer(tmp_path, db)
+    try:
+        with server.client() as c:
+            waiting = rebalance(c, "acc-wait", "w1")
+            decided = rebalance(c, "acc-done", "d1")
+            assert waiting.status == service_pb2.DECISION_STATUS_PENDING_APPROVAL
+            assert decided.status == service_pb2.DECISION_STATUS_PENDING_APPROVAL
+            c.call("Decide", service_pb2.DecideRequest(approval_id=decided.approval_id, approve=False,
+                                                       advisor_id="adv-1"), timeout_s=5)
+    finally:
+        server.kill()
+    server = KeelServer(tmp_path, db)
+    try:
+        with server.client() as c:
+            pending = c.call("ListPending", service_pb2.ListPendingRequest(), timeout_s=5).pending
+            assert [p.approval_id for p in pending] == [waiting.approval_id]
+            assert pending[0].proposal.audit_record_hash == waiting.audit_record_hash
+            assert list(pending[0].proposal.orders) == list(waiting.orders)
+            with pytest.raises(kf.KeelRpcError) as e:
+                c.call("Decide", service_pb2.DecideRequest(approval_id=decided.approval_id, approve=True,
+                                                           advisor_id="adv-2"), timeout_s=5)
+            assert e.value.code == 9, e.value  # FAILED_PRECONDITION: already rejected
+            ok = c.call("Decide", service_pb2.DecideRequest(approval_id=waiting.approval_id, approve=True,
+                                                            advisor_id="adv-2"), timeout_s=5)
+            assert ok.status == service_pb2.DECISION_STATUS_APPROVED
+    finally:
+        assert server.stop() == 0
+    assert verify(db).returncode == 0
+
+
 # --------------------------------------------------------------------------- #
 # Approvals over the framed protocol
 # --------------------------------------------------------------------------- #

@@ -138,6 +138,18 @@ public nonisolated struct Keel_V1_DecisionRecord: @unchecked Sendable {
     set {_uniqueStorage()._latencyNanos = newValue}
   }
 
+  /// approval rules the decision triggered (status PENDING_APPROVAL)
+  public var triggeredRules: [String] {
+    get {_storage._triggeredRules}
+    set {_uniqueStorage()._triggeredRules = newValue}
+  }
+
+  /// when a pending decision expires
+  public var approvalExpiresUnixNanos: Int64 {
+    get {_storage._approvalExpiresUnixNanos}
+    set {_uniqueStorage()._approvalExpiresUnixNanos = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -181,7 +193,7 @@ nonisolated extension Keel_V1_ApprovalEvent: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Keel_V1_DecisionRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DecisionRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_digest\0\u{3}request_id\0\u{1}portfolio\0\u{3}risk_profile\0\u{1}mandate\0\u{1}prices\0\u{3}market_state_unix_nanos\0\u{1}response\0\u{3}latency_nanos\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_digest\0\u{3}request_id\0\u{1}portfolio\0\u{3}risk_profile\0\u{1}mandate\0\u{1}prices\0\u{3}market_state_unix_nanos\0\u{1}response\0\u{3}latency_nanos\0\u{3}triggered_rules\0\u{3}approval_expires_unix_nanos\0")
 
   fileprivate class _StorageClass {
     var _requestDigest: String = String()
@@ -193,6 +205,8 @@ nonisolated extension Keel_V1_DecisionRecord: SwiftProtobuf.Message, SwiftProtob
     var _marketStateUnixNanos: Int64 = 0
     var _response: Keel_V1_RebalanceResponse? = nil
     var _latencyNanos: Int64 = 0
+    var _triggeredRules: [String] = []
+    var _approvalExpiresUnixNanos: Int64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -212,6 +226,8 @@ nonisolated extension Keel_V1_DecisionRecord: SwiftProtobuf.Message, SwiftProtob
       _marketStateUnixNanos = source._marketStateUnixNanos
       _response = source._response
       _latencyNanos = source._latencyNanos
+      _triggeredRules = source._triggeredRules
+      _approvalExpiresUnixNanos = source._approvalExpiresUnixNanos
     }
   }
 
@@ -239,6 +255,8 @@ nonisolated extension Keel_V1_DecisionRecord: SwiftProtobuf.Message, SwiftProtob
         case 7: try { try decoder.decodeSingularInt64Field(value: &_storage._marketStateUnixNanos) }()
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._response) }()
         case 9: try { try decoder.decodeSingularInt64Field(value: &_storage._latencyNanos) }()
+        case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._triggeredRules) }()
+        case 11: try { try decoder.decodeSingularInt64Field(value: &_storage._approvalExpiresUnixNanos) }()
         default: break
         }
       }
@@ -278,6 +296,12 @@ nonisolated extension Keel_V1_DecisionRecord: SwiftProtobuf.Message, SwiftProtob
       if _storage._latencyNanos != 0 {
         try visitor.visitSingularInt64Field(value: _storage._latencyNanos, fieldNumber: 9)
       }
+      if !_storage._triggeredRules.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._triggeredRules, fieldNumber: 10)
+      }
+      if _storage._approvalExpiresUnixNanos != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._approvalExpiresUnixNanos, fieldNumber: 11)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -296,6 +320,8 @@ nonisolated extension Keel_V1_DecisionRecord: SwiftProtobuf.Message, SwiftProtob
         if _storage._marketStateUnixNanos != rhs_storage._marketStateUnixNanos {return false}
         if _storage._response != rhs_storage._response {return false}
         if _storage._latencyNanos != rhs_storage._latencyNanos {return false}
+        if _storage._triggeredRules != rhs_storage._triggeredRules {return false}
+        if _storage._approvalExpiresUnixNanos != rhs_storage._approvalExpiresUnixNanos {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -27,17 +27,17 @@ from . import portfolio_pb2 as keel_dot_v1_dot_portfolio__pb2
 from . import service_pb2 as keel_dot_v1_dot_service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keel/v1/audit.proto\x12\x07keel.v1\x1a\x17keel/v1/portfolio.proto\x1a\x15keel/v1/service.proto\"\xb9\x02\n\x0e\x44\x65\x63isionRecord\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12%\n\tportfolio\x18\x03 \x01(\x0b\x32\x12.keel.v1.Portfolio\x12*\n\x0crisk_profile\x18\x04 \x01(\x0b\x32\x14.keel.v1.RiskProfile\x12!\n\x07mandate\x18\x05 \x01(\x0b\x32\x10.keel.v1.Mandate\x12\x1f\n\x06prices\x18\x06 \x03(\x0b\x32\x0f.keel.v1.Weight\x12\x1f\n\x17market_state_unix_nanos\x18\x07 \x01(\x03\x12,\n\x08response\x18\x08 \x01(\x0b\x32\x1a.keel.v1.RebalanceResponse\x12\x15\n\rlatency_nanos\x18\t \x01(\x03\"\xb6\x01\n\x0e\x41pprovalRecord\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12%\n\x05\x65vent\x18\x04 \x01(\x0e\x32\x16.keel.v1.ApprovalEvent\x12\x12\n\nadvisor_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65\x63ided_unix_nanos\x18\x07 \x01(\x03*\x85\x01\n\rApprovalEvent\x12\x1e\n\x1a\x41PPROVAL_EVENT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPROVAL_EVENT_APPROVED\x10\x01\x12\x1b\n\x17\x41PPROVAL_EVENT_REJECTED\x10\x02\x12\x1a\n\x16\x41PPROVAL_EVENT_EXPIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13keel/v1/audit.proto\x12\x07keel.v1\x1a\x17keel/v1/portfolio.proto\x1a\x15keel/v1/service.proto\"\xf7\x02\n\x0e\x44\x65\x63isionRecord\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12%\n\tportfolio\x18\x03 \x01(\x0b\x32\x12.keel.v1.Portfolio\x12*\n\x0crisk_profile\x18\x04 \x01(\x0b\x32\x14.keel.v1.RiskProfile\x12!\n\x07mandate\x18\x05 \x01(\x0b\x32\x10.keel.v1.Mandate\x12\x1f\n\x06prices\x18\x06 \x03(\x0b\x32\x0f.keel.v1.Weight\x12\x1f\n\x17market_state_unix_nanos\x18\x07 \x01(\x03\x12,\n\x08response\x18\x08 \x01(\x0b\x32\x1a.keel.v1.RebalanceResponse\x12\x15\n\rlatency_nanos\x18\t \x01(\x03\x12\x17\n\x0ftriggered_rules\x18\n \x03(\t\x12#\n\x1b\x61pproval_expires_unix_nanos\x18\x0b \x01(\x03\"\xb6\x01\n\x0e\x41pprovalRecord\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12%\n\x05\x65vent\x18\x04 \x01(\x0e\x32\x16.keel.v1.ApprovalEvent\x12\x12\n\nadvisor_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12\x1a\n\x12\x64\x65\x63ided_unix_nanos\x18\x07 \x01(\x03*\x85\x01\n\rApprovalEvent\x12\x1e\n\x1a\x41PPROVAL_EVENT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPROVAL_EVENT_APPROVED\x10\x01\x12\x1b\n\x17\x41PPROVAL_EVENT_REJECTED\x10\x02\x12\x1a\n\x16\x41PPROVAL_EVENT_EXPIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keel.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPROVALEVENT']._serialized_start=582
-  _globals['_APPROVALEVENT']._serialized_end=715
+  _globals['_APPROVALEVENT']._serialized_start=644
+  _globals['_APPROVALEVENT']._serialized_end=777
   _globals['_DECISIONRECORD']._serialized_start=81
-  _globals['_DECISIONRECORD']._serialized_end=394
-  _globals['_APPROVALRECORD']._serialized_start=397
-  _globals['_APPROVALRECORD']._serialized_end=579
+  _globals['_DECISIONRECORD']._serialized_end=456
+  _globals['_APPROVALRECORD']._serialized_start=459
+  _globals['_APPROVALRECORD']._serialized_end=641
 # @@protoc_insertion_point(module_scope)

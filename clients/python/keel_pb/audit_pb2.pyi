@@ -22,7 +22,7 @@ APPROVAL_EVENT_REJECTED: ApprovalEvent
 APPROVAL_EVENT_EXPIRED: ApprovalEvent
 
 class DecisionRecord(_message.Message):
-    __slots__ = ("request_digest", "request_id", "portfolio", "risk_profile", "mandate", "prices", "market_state_unix_nanos", "response", "latency_nanos")
+    __slots__ = ("request_digest", "request_id", "portfolio", "risk_profile", "mandate", "prices", "market_state_unix_nanos", "response", "latency_nanos", "triggered_rules", "approval_expires_unix_nanos")
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PORTFOLIO_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,8 @@ class DecisionRecord(_message.Message):
     MARKET_STATE_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_NANOS_FIELD_NUMBER: _ClassVar[int]
+    TRIGGERED_RULES_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_EXPIRES_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
     request_digest: str
     request_id: str
     portfolio: _portfolio_pb2.Portfolio
@@ -41,7 +43,9 @@ class DecisionRecord(_message.Message):
     market_state_unix_nanos: int
     response: _service_pb2.RebalanceResponse
     latency_nanos: int
-    def __init__(self, request_digest: _Optional[str] = ..., request_id: _Optional[str] = ..., portfolio: _Optional[_Union[_portfolio_pb2.Portfolio, _Mapping]] = ..., risk_profile: _Optional[_Union[_portfolio_pb2.RiskProfile, _Mapping]] = ..., mandate: _Optional[_Union[_portfolio_pb2.Mandate, _Mapping]] = ..., prices: _Optional[_Iterable[_Union[_portfolio_pb2.Weight, _Mapping]]] = ..., market_state_unix_nanos: _Optional[int] = ..., response: _Optional[_Union[_service_pb2.RebalanceResponse, _Mapping]] = ..., latency_nanos: _Optional[int] = ...) -> None: ...
+    triggered_rules: _containers.RepeatedScalarFieldContainer[str]
+    approval_expires_unix_nanos: int
+    def __init__(self, request_digest: _Optional[str] = ..., request_id: _Optional[str] = ..., portfolio: _Optional[_Union[_portfolio_pb2.Portfolio, _Mapping]] = ..., risk_profile: _Optional[_Union[_portfolio_pb2.RiskProfile, _Mapping]] = ..., mandate: _Optional[_Union[_portfolio_pb2.Mandate, _Mapping]] = ..., prices: _Optional[_Iterable[_Union[_portfolio_pb2.Weight, _Mapping]]] = ..., market_state_unix_nanos: _Optional[int] = ..., response: _Optional[_Union[_service_pb2.RebalanceResponse, _Mapping]] = ..., latency_nanos: _Optional[int] = ..., triggered_rules: _Optional[_Iterable[str]] = ..., approval_expires_unix_nanos: _Optional[int] = ...) -> None: ...
 
 class ApprovalRecord(_message.Message):
     __slots__ = ("approval_id", "decision_id", "account_id", "event", "advisor_id", "comment", "decided_unix_nanos")
