@@ -32,6 +32,7 @@ public final class AuditLog: Sendable {
     public let durability: AuditDurability
     /// Whether `append` decodes each payload before queueing it.
     public let checksPayloads: Bool
+    private let checkpointer: Checkpointer
     /// Most records per transaction.
     public let maxBatch: Int
 
@@ -67,12 +68,23 @@ public final class AuditLog: Sendable {
         self.maxBatch = maxBatch
         let database = try AuditStore.open(path: path, readonly: false, durability: durability)
         let head = try Writer.readHead(database, path: path, verifyingLast: true)
+        // WAL checkpoints move committed pages into the main file. SQLite runs
+        // them inside a commit by default, which stalls every request of that
+        // batch; here a second connection on its own thread does them.
+        do {
+            try database.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
+        } catch {
+            throw AuditStore.auditError(path, error, doing: "cannot configure checkpoints")
+        }
+        checkpointer = try Checkpointer(path: path, durability: durability)
         writer = Writer(database: database, path: path, head: head, maxBatch: maxBatch, maxQueued: maxQueued)
         writer.start()
+        checkpointer.start()
     }
 
     deinit {
         writer.close()
+        checkpointer.stop()
     }
 
     /// Queues `entry` and returns once the transaction holding it has
@@ -138,6 +150,7 @@ public final class AuditLog: Sendable {
     /// file. Idempotent; blocks the calling thread until the writer is done.
     public func close() {
         writer.close()
+        checkpointer.stop()
     }
 
     /// Transactions committed by this instance (tests: proof of group commit).
@@ -182,6 +195,62 @@ public final class AuditLog: Sendable {
         } catch {
             throw AuditError(.invalidArgument, error.reason)
         }
+    }
+}
+
+// MARK: - Checkpointer
+
+/// Checkpoints the WAL from its own connection and thread every
+/// ``interval`` (PASSIVE: it copies what it can without blocking the writer;
+/// the WAL restarts from its beginning once everything was copied), and once
+/// more when stopped.
+private final class Checkpointer: Sendable {
+    static let interval: DispatchTimeInterval = .milliseconds(200)
+
+    private let database: DatabaseQueue
+    private let path: String
+    private let stopping = Mutex(false)
+    private let wake = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+    private let started = Mutex(false)
+
+    init(path: String, durability: AuditDurability) throws(AuditError) {
+        self.path = path
+        database = try AuditStore.open(path: path, readonly: false, durability: durability)
+    }
+
+    func start() {
+        started.withLock { $0 = true }
+        let thread = Thread { [self] in run() }
+        thread.name = "keel-audit-checkpoint"
+        thread.start()
+    }
+
+    /// Stops the thread after a last checkpoint. Idempotent.
+    func stop() {
+        let first = stopping.withLock { (s: inout Bool) -> Bool in
+            defer { s = true }
+            return !s
+        }
+        guard started.withLock({ $0 }) else { try? database.close(); return }
+        if first { wake.signal() }
+        finished.wait()
+        finished.signal()
+    }
+
+    private func checkpoint() {
+        _ = try? database.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA wal_checkpoint(PASSIVE)")
+        }
+    }
+
+    private func run() {
+        while !stopping.withLock({ $0 }) {
+            _ = wake.wait(timeout: .now() + Self.interval)
+            checkpoint()
+        }
+        try? database.close()
+        finished.signal()
     }
 }
 

@@ -14,8 +14,13 @@ enum Format {
 
     /// ``fixed(_:_:grouping:)`` appended to `out`.
     static func append(_ out: inout [UInt8], _ v: Double, _ decimals: Int, grouping: Bool = false) {
-        guard v.isFinite, abs(v) < 1e15 else { out.append(contentsOf: String(v).utf8); return }
-        let scale = powers[min(4, max(0, decimals))]
+        let decimals = min(4, max(0, decimals))
+        let scale = powers[decimals]
+        // Beyond 1e15 (or where the scaled value would not fit an Int) print as Double does.
+        guard v.isFinite, abs(v) < 1e15, abs(v) * Double(scale) < 9e18 else {
+            out.append(contentsOf: String(v).utf8)
+            return
+        }
         let scaled = Int((abs(v) * Double(scale)).rounded())
         var whole = scaled / scale
         var fraction = scaled % scale

@@ -219,6 +219,25 @@ struct Limits {
     /// asset an arc of capacity hiᵢ; uncapped groups unbounded), by
     /// augmenting paths on the small graph of groups (Edmonds-Karp).
     func maxInvestable() -> Double {
+        // One partition alone has a closed form: per group, the smaller of
+        // its cap and what its members' bounds hold.
+        func closedForm(_ of: [Int], _ caps: [Double]) -> Double {
+            var held = [Double](repeating: 0, count: caps.count)
+            var total = 0.0
+            for i in 0..<n where hi[i] > 0 {
+                if of[i] >= 0 { held[of[i]] += hi[i] } else { total += hi[i] }
+            }
+            for g in 0..<caps.count { total += min(caps[g], held[g]) }
+            return total
+        }
+        if classCaps.isEmpty { return closedForm(sectorOf, sectorCaps) }
+        if sectorCaps.isEmpty { return closedForm(classOf, classCaps) }
+        // Both: a flow on the graph of groups, dense and small. With very many
+        // capped groups, the smaller single-partition bound (an upper bound of
+        // the flow) keeps the cost linear; Dykstra's sweep limit bounds the rest.
+        guard sectorCaps.count + classCaps.count <= 256 else {
+            return min(closedForm(sectorOf, sectorCaps), closedForm(classOf, classCaps))
+        }
         // Nodes: 0 source, 1...S sectors (+1 for "no capped sector"), then
         // classes (+1 for "no capped class"), then the sink.
         let sectors = sectorCaps.count + 1, classes = classCaps.count + 1

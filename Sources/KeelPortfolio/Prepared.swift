@@ -1,6 +1,9 @@
 /// A validated input in index form: every array has one entry per
 /// instrument of the request, in its order.
 struct Prepared {
+    /// Instruments one decision may cover.
+    static let maxInstruments = 20_000
+
     let input: RebalanceInput
     let n: Int
     let ids: [String]
@@ -28,6 +31,9 @@ struct Prepared {
         let instruments = input.instruments
         n = instruments.count
         guard n > 0 else { throw bad("the request has no instruments") }
+        guard n <= Self.maxInstruments else {
+            throw bad("the request has \(n) instruments; at most \(Self.maxInstruments) are allowed")
+        }
         var index: [String: Int] = [:]
         index.reserveCapacity(n)
         var series: [[Double]] = []

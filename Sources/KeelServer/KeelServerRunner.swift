@@ -77,6 +77,7 @@ public final class KeelServerRunner: Sendable {
         let gate = RequestGate(maxConcurrent: config.maxConcurrentRequests, maxQueued: config.maxQueuedRequests)
         let audit: AuditLog
         let service: KeelService
+        let restored: Int
         do throws(AuditError) {
             // The service encodes its records from the generated messages itself:
             // no decode-to-check on the request path (verify decodes them all).
@@ -84,9 +85,14 @@ public final class KeelServerRunner: Sendable {
                                  checksPayloads: false)
             var rules = ApprovalRules()
             rules.expiry = config.approvalExpiry
-            service = try KeelService(repository: repository, gate: gate, audit: audit, approvalRules: rules,
-                                      logger: Logger(label: "keel.service"))
-            let restored = try service.restorePendingApprovals()
+            do throws(AuditError) {
+                service = try KeelService(repository: repository, gate: gate, audit: audit, approvalRules: rules,
+                                          logger: Logger(label: "keel.service"))
+                restored = try service.restorePendingApprovals()
+            } catch {
+                audit.close()
+                throw error
+            }
             if restored > 0 { logger.info("pending approvals restored from the audit trail", metadata: ["pending": "\(restored)"]) }
         } catch {
             throw ServerStartError("audit trail '\(config.auditDatabase)': \(error)")

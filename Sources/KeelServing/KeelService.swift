@@ -347,7 +347,9 @@ public final class KeelService: RequestHandler {
 
         func scores(_ features: [Float], rows: Int) throws -> [Float] {
             let outputs = try model.withSession { session in try session.run(features: features, rows: rows) }
-            guard let t = outputs.first, t.shape.first == rows, rows > 0, t.values.count % rows == 0 else {
+            guard let t = outputs.first, t.shape.first == rows, rows > 0, t.values.count >= rows,
+                  t.values.count % rows == 0
+            else {
                 throw RPCStatus(.internal, "model '\(model.name)' v\(model.version) returned output shape "
                     + "\(outputs.first?.shape ?? []) for \(rows) rows; expected one score per row")
             }
