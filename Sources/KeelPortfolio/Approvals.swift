@@ -98,9 +98,9 @@ public final class ApprovalBook<Proposal: Sendable>: Sendable {
         store.withLock { $0.entries[approvalID] = entry }
     }
 
-    /// Adds an entry as it was recorded earlier (restoring the book after a
-    /// restart): pending, with its own creation and expiry times.
-    public func restore(approvalID: String, decisionID: String, accountID: String, triggeredRules: [String],
+    /// Adds a pending entry with explicit creation and expiry times (a new
+    /// decision, or one restored from the audit trail after a restart).
+    public func add(approvalID: String, decisionID: String, accountID: String, triggeredRules: [String],
                         proposal: Proposal, createdUnixNanos: Int64, expiresUnixNanos: Int64)
     {
         let entry = Entry(approvalID: approvalID, decisionID: decisionID, accountID: accountID,

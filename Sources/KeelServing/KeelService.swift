@@ -328,9 +328,9 @@ public final class KeelService: RequestHandler {
         // Only a recorded decision exists: it may now wait for approval and
         // count as the account's first.
         if let pending {
-            approvals.restore(approvalID: response.approvalID, decisionID: response.decisionID, accountID: account,
-                              triggeredRules: pending.rules, proposal: response,
-                              createdUnixNanos: pending.createdUnixNanos, expiresUnixNanos: pending.expiresUnixNanos)
+            approvals.add(approvalID: response.approvalID, decisionID: response.decisionID, accountID: account,
+                          triggeredRules: pending.rules, proposal: response,
+                          createdUnixNanos: pending.createdUnixNanos, expiresUnixNanos: pending.expiresUnixNanos)
         }
         if !account.isEmpty { _ = accountsSeen.withLock { $0.insert(account) } }
         if audit != nil, ContinuousClock.now > deadline {
@@ -466,12 +466,12 @@ public final class KeelService: RequestHandler {
                 guard response.status == .pendingApproval, !response.approvalID.isEmpty else { return }
                 var proposal = response
                 proposal.auditRecordHash = record.hash
-                approvals.restore(approvalID: response.approvalID, decisionID: record.decisionID,
-                                  accountID: record.accountID, triggeredRules: decision.triggeredRules,
-                                  proposal: proposal, createdUnixNanos: record.recordedUnixNanos,
-                                  expiresUnixNanos: decision.approvalExpiresUnixNanos > 0
-                                      ? decision.approvalExpiresUnixNanos
-                                      : record.recordedUnixNanos &+ Self.nanos(approvalRules.expiry))
+                approvals.add(approvalID: response.approvalID, decisionID: record.decisionID,
+                              accountID: record.accountID, triggeredRules: decision.triggeredRules,
+                              proposal: proposal, createdUnixNanos: record.recordedUnixNanos,
+                              expiresUnixNanos: decision.approvalExpiresUnixNanos > 0
+                                  ? decision.approvalExpiresUnixNanos
+                                  : record.recordedUnixNanos &+ Self.nanos(approvalRules.expiry))
             } else if let event = record.message as? Keel_V1_ApprovalRecord {
                 let state: ApprovalBook<Keel_V1_RebalanceResponse>.State
                 switch event.event {
