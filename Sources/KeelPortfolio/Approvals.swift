@@ -138,7 +138,8 @@ public final class ApprovalBook<Proposal: Sendable>: Sendable {
                 s.decidedOrder.append(id)
                 expired.append(e)
             }
-            Self.trim(&s, keep: retainDecided)
+            // No trimming here: an entry just expired must stay until its
+            // expiry is recorded (a failed record reverts it to pending).
             // Oldest first; ties broken by id (dictionary order is not stable across runs).
             return expired.sorted { ($0.createdUnixNanos, $0.approvalID) < ($1.createdUnixNanos, $1.approvalID) }
         }
