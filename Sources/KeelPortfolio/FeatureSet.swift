@@ -120,6 +120,22 @@ public enum FeatureSet {
                            momentum: momentum, drawdown63: drawdown, windows: (w1, w5, w21, w63, wm))
     }
 
+    /// A price series with its log returns and statistics, computed once by
+    /// ``logReturns(_:)`` and ``stats(_:returns:)``: a holder of market
+    /// state can keep it between requests, and the engine uses it as is.
+    public struct SeriesData: Sendable {
+        public let prices: [Double]
+        public let returns: [Double]
+        public let stats: SeriesStats
+
+        /// `prices`: oldest first, finite and > 0, the current price last.
+        public init(prices: [Double]) {
+            self.prices = prices
+            returns = FeatureSet.logReturns(prices)
+            stats = FeatureSet.stats(prices, returns: returns)
+        }
+    }
+
     /// The series of an instrument: its history with the current price as
     /// the newest point (appended when it differs from the last one).
     public static func series(of instrument: Instrument) -> [Double] {

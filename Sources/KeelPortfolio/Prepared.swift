@@ -66,11 +66,22 @@ struct Prepared {
             guard instrument.averageDailyVolume.isFinite, instrument.averageDailyVolume >= 0 else {
                 throw bad("instrument '\(id)': average_daily_volume \(instrument.averageDailyVolume) is not a finite number >= 0")
             }
-            let s = FeatureSet.series(of: instrument)
-            let r = FeatureSet.logReturns(s)
-            series.append(s)
-            returns.append(r)
-            stats.append(FeatureSet.stats(s, returns: r))
+            if let given = instrument.series {
+                guard given.prices.last == instrument.price,
+                      !given.prices.contains(where: { !$0.isFinite || $0 <= 0 })
+                else {
+                    throw bad("instrument '\(id)': its analysed series does not end at its price \(instrument.price)")
+                }
+                series.append(given.prices)
+                returns.append(given.returns)
+                stats.append(given.stats)
+            } else {
+                let s = FeatureSet.series(of: instrument)
+                let r = FeatureSet.logReturns(s)
+                series.append(s)
+                returns.append(r)
+                stats.append(FeatureSet.stats(s, returns: r))
+            }
             lots[i] = input.mandate.allowFractional ? 0 : (instrument.lotSize > 0 ? instrument.lotSize : 1)
         }
         ids = instruments.map(\.id)

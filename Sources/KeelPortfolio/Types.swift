@@ -57,10 +57,15 @@ public struct Instrument: Sendable, Equatable {
     /// `price` is the newest observation: it is appended when it differs from
     /// the last point.
     public var priceHistory: [Double]
+    /// The series already analysed (``FeatureSet/SeriesData``), e.g. kept by
+    /// the server's market state; when set, it replaces `priceHistory` and
+    /// its last price must equal `price`.
+    public var series: FeatureSet.SeriesData?
 
     public init(id: String, price: Double, sector: String = "", assetClass: AssetClass = .unspecified,
                 esgScore: Double? = nil, lotSize: Double = 1, requiredKnowledge: KnowledgeLevel = .basic,
-                halfSpreadBps: Double = 0, averageDailyVolume: Double = 0, priceHistory: [Double] = [])
+                halfSpreadBps: Double = 0, averageDailyVolume: Double = 0, priceHistory: [Double] = [],
+                series: FeatureSet.SeriesData? = nil)
     {
         self.id = id
         self.price = price
@@ -72,6 +77,14 @@ public struct Instrument: Sendable, Equatable {
         self.halfSpreadBps = halfSpreadBps
         self.averageDailyVolume = averageDailyVolume
         self.priceHistory = priceHistory
+        self.series = series
+    }
+
+    public static func == (a: Instrument, b: Instrument) -> Bool {
+        a.id == b.id && a.price == b.price && a.sector == b.sector && a.assetClass == b.assetClass
+            && a.esgScore == b.esgScore && a.lotSize == b.lotSize && a.requiredKnowledge == b.requiredKnowledge
+            && a.halfSpreadBps == b.halfSpreadBps && a.averageDailyVolume == b.averageDailyVolume
+            && a.priceHistory == b.priceHistory && a.series?.prices == b.series?.prices
     }
 }
 

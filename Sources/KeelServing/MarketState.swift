@@ -1,5 +1,6 @@
 import Foundation
 import KeelAPI
+import KeelPortfolio
 import Synchronization
 
 /// Rolling per-instrument price state, fed by PublishMarketData: for every
@@ -38,6 +39,8 @@ public final class MarketState: Sendable {
         /// Last price of each day, oldest first; the last entry is `latest`'s day.
         var closes: [Double]
         var lastDay: Int64
+        /// `closes` analysed (returns, statistics), kept until the next update.
+        var analysed: FeatureSet.SeriesData?
 
         init(_ quote: Quote) {
             latest = quote
@@ -49,6 +52,7 @@ public final class MarketState: Sendable {
         mutating func apply(_ quote: Quote) {
             guard quote.timeUnixNanos >= latest.timeUnixNanos else { return }
             latest = quote
+            analysed = nil
             let day = quote.timeUnixNanos / MarketState.nanosPerDay
             if day == lastDay {
                 closes[closes.count - 1] = quote.price
@@ -121,6 +125,24 @@ public final class MarketState: Sendable {
     /// The latest quote of `instrumentID`, if any.
     public func quote(for instrumentID: String) -> Quote? {
         quotes.withLock { $0[instrumentID]?.latest }
+    }
+
+    /// An instrument's daily series analysed for the feature set (computed
+    /// once per update and shared by every request until the next one), with
+    /// its latest quote; nil when the instrument has no price.
+    public func analysedSeries(for instrumentID: String)
+        -> (series: FeatureSet.SeriesData, latestPrice: Double, latestTime: Int64)?
+    {
+        quotes.withLock { q in
+            guard var history = q[instrumentID] else { return nil }
+            if let cached = history.analysed {
+                return (cached, history.latest.price, history.latest.timeUnixNanos)
+            }
+            let data = FeatureSet.SeriesData(prices: history.closes)
+            history.analysed = data
+            q[instrumentID] = history
+            return (data, history.latest.price, history.latest.timeUnixNanos)
+        }
     }
 
     /// An instrument's daily series (oldest first, today's latest price last)

@@ -47,12 +47,19 @@ public enum RebalanceMapping {
         for (k, m) in request.instruments.enumerated() {
             var price = m.price
             var history: [Double] = []
+            var analysed: FeatureSet.SeriesData? = nil
             if !m.priceHistory.isEmpty {
                 history.reserveCapacity(m.priceHistory.count)
                 for point in m.priceHistory { history.append(point.price) }
                 newest = max(newest, m.priceHistory.last?.timeUnixNanos ?? 0)
+            } else if let state = market.analysedSeries(for: m.id), price == 0 || price == state.latestPrice {
+                // The market state's series, already analysed: the common case
+                // of a client that streams prices and sends portfolios.
+                price = state.latestPrice
+                analysed = state.series
+                newest = max(newest, state.latestTime)
             }
-            if price == 0 || history.isEmpty, let window = market.window(for: m.id) {
+            if analysed == nil, price == 0 || history.isEmpty, let window = market.window(for: m.id) {
                 if history.isEmpty { history = window.prices }
                 if price == 0, let latest = window.latestPrice { price = latest }
                 newest = max(newest, window.latestTime ?? 0)
@@ -66,7 +73,8 @@ public enum RebalanceMapping {
                 assetClass: try assetClass(m.assetClass, "instruments[\(k)].asset_class"),
                 esgScore: m.hasEsgScore ? m.esgScore : nil, lotSize: m.lotSize,
                 requiredKnowledge: try knowledge(m.requiredKnowledge, "instruments[\(k)].required_knowledge"),
-                halfSpreadBps: m.halfSpreadBps, averageDailyVolume: m.averageDailyVolume, priceHistory: history))
+                halfSpreadBps: m.halfSpreadBps, averageDailyVolume: m.averageDailyVolume, priceHistory: history,
+                series: analysed))
         }
         let p = request.portfolio
         guard p.accountID.utf8.count <= AuditEntry.maxIDBytes else {

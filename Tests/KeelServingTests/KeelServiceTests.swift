@@ -454,6 +454,16 @@ struct KeelServiceTests {
         // Inline, the price is appended to the 40-day history: both paths see the same 41 prices.
         #expect(streamed.targets.map(\.policyScore) == inline.targets.map(\.policyScore))
         #expect(streamed.orders == inline.orders)
+        // With its own price equal to the market's latest, and no history, the same.
+        var priced = request
+        for i in priced.instruments.indices { priced.instruments[i].price = Self.rebalanceRequest(instruments: ["A", "B"]).instruments[i].price }
+        let withPrices = try await f.service.rebalance(priced, deadline: Self.deadline())
+        #expect(withPrices.orders == inline.orders)
+        // A price that differs from the market's latest is appended to the market's series instead.
+        var moved = priced
+        moved.instruments[0].price *= 1.01
+        let differs = try await f.service.rebalance(moved, deadline: Self.deadline())
+        #expect(differs.targets[0].policyScore != inline.targets[0].policyScore)
 
         request.instruments.append(.with { $0.id = "NEW" })
         let missing = try await Self.call(f.service, .rebalance, request, as: Keel_V1_RebalanceResponse.self)
