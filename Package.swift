@@ -129,6 +129,7 @@ let package = Package(
         .target(
             name: "KeelServer",
             dependencies: [
+                "KeelAPI",
                 "KeelServing",
                 "KeelAudit",
                 "KeelPortfolio",
@@ -164,6 +165,7 @@ let package = Package(
         .executableTarget(
             name: "KeelCLI",
             dependencies: [
+                "KeelAPI",
                 "KeelInference",
                 "KeelServing",
                 "KeelAudit",

@@ -266,25 +266,6 @@ public enum AuditReader {
 
     // MARK: - Quoting
 
-    /// `text` as a JSON string literal.
-    static func jsonQuoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x2028 || scalar.value == 0x2029:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
-
     /// An RFC 4180 field: quoted (with `""` for `"`) when it holds a comma,
     /// quote, CR or LF, or always with `alwaysQuote`.
     static func csvField(_ text: String, alwaysQuote: Bool) -> String {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import KeelAPI
 import KeelInference
 import KeelServing
 

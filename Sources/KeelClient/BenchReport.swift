@@ -1,4 +1,5 @@
 import Histogram
+import KeelAPI
 import KeelServing
 
 /// The result of `keel bench`, ready to print as a small table or as JSON.

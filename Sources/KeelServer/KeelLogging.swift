@@ -1,4 +1,5 @@
 import Foundation
+import KeelAPI
 import KeelServing
 import Logging
 
