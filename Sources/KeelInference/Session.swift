@@ -155,6 +155,22 @@ public final class Session {
         }
     }
 
+    /// Runs a scoring model (one rank-2 input, first output `[rows]` or
+    /// `[rows, k]`) and returns one score per row: the first output's first
+    /// column. An output of another shape is ``KeelError/Code/shape``.
+    public func scores(features: [Float], rows: Int) throws(KeelError) -> [Float] {
+        let outputs = try run(features: features, rows: rows)
+        guard let t = outputs.first, rows > 0, t.shape.first == rows, t.values.count >= rows,
+              t.values.count % rows == 0
+        else {
+            throw KeelError(code: .shape, message: "model '\(model.sourceName)' returned output shape "
+                + "\(outputs.first?.shape ?? []) for \(rows) rows; expected one score per row")
+        }
+        let stride = t.values.count / rows
+        if stride == 1 { return t.values }
+        return (0..<rows).map { t.values[$0 * stride] }
+    }
+
     // MARK: - internals
 
     private func withInputData(_ inputs: [Tensor], _ index: Int, _ views: inout [keel_tensor]) throws(KeelError)

@@ -346,16 +346,11 @@ public final class KeelService: RequestHandler {
         var featureNames: [String] { model.featureNames }
 
         func scores(_ features: [Float], rows: Int) throws -> [Float] {
-            let outputs = try model.withSession { session in try session.run(features: features, rows: rows) }
-            guard let t = outputs.first, t.shape.first == rows, rows > 0, t.values.count >= rows,
-                  t.values.count % rows == 0
-            else {
-                throw RPCStatus(.internal, "model '\(model.name)' v\(model.version) returned output shape "
-                    + "\(outputs.first?.shape ?? []) for \(rows) rows; expected one score per row")
+            do {
+                return try model.withSession { session in try session.scores(features: features, rows: rows) }
+            } catch let error as KeelError where error.code == .shape {
+                throw RPCStatus(.internal, "model '\(model.name)' v\(model.version): \(error.message)")
             }
-            let stride = t.values.count / rows
-            if stride == 1 { return t.values }
-            return (0..<rows).map { t.values[$0 * stride] }
         }
     }
 

@@ -1,3 +1,4 @@
+import KeelInference
 import KeelTestSupport
 
 /// The test MLP: features [assets, 3] -> Gemm(4, transB) -> Relu -> Gemm(2, transB) -> scores [assets, 2].
@@ -15,6 +16,7 @@ enum TestMLP {
 
     static var model: ONNXModel {
         var m = ONNXModel()
+        m.producerName = "keel-tests"
         m.inputs = [.init(name: "features", dims: [.param("assets"), .value(3)])]
         m.outputs = [.init(name: "scores", dims: [.param("assets"), .value(2)])]
         m.initializers = [

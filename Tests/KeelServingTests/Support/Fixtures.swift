@@ -1,3 +1,4 @@
+import KeelInference
 import KeelPortfolio
 import KeelTestSupport
 import CoreMetrics

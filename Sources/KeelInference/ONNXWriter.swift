@@ -1,7 +1,7 @@
-// Test support shared by the Swift test targets: a minimal protobuf writer for ONNX models.
-// A tiny test-only protobuf writer for the ONNX messages Keel reads, with the
-// field numbers of onnx/onnx.proto (see proto/onnx/onnx-subset.proto), so the
-// tests can build model bytes without Python.
+// Writes ONNX model files: a minimal protobuf writer for the ONNX messages
+// Keel reads, with the field numbers of onnx/onnx.proto (see
+// proto/onnx/onnx-subset.proto). Training writes the policies it produces
+// with it, and the tests build their model bytes with it, without Python.
 
 /// Protobuf wire-format writer (proto2, little-endian).
 public struct ProtoWriter {
@@ -120,9 +120,10 @@ public struct ONNXModel {
 
     public var irVersion: Int64 = 8
     public var opset: Int64 = 17
-    public var producerName = "keel-tests"
+    public var producerName = "keel"
     public var producerVersion = "1.0"
-    public var graphName = "test-graph"
+    public var docString = ""
+    public var graphName = "graph"
     public var nodes: [Node] = []
     public var initializers: [Initializer] = []
     public var inputs: [ValueInfo] = []
@@ -147,6 +148,7 @@ public struct ONNXModel {
                 }
             }
             g.string(2, graphName)
+            if !docString.isEmpty { g.string(10, docString) }
             for t in initializers {
                 g.message(5) { tp in                      // initializer (TensorProto)
                     for d in t.dims { tp.int(1, d) }      // dims
