@@ -6,6 +6,7 @@
 //   <- KeelInference (the only Swift module that imports C)
 //   KeelPortfolio (pure domain: features, risk, constraints, orders, approvals)
 //   KeelAudit (hash-chained audit log in SQLite through GRDB)
+//   KeelResearch (backtester, stress, reports, training; KeelPortfolio + KeelInference)
 //   <- KeelServing (model repository, handlers; no NIO/gRPC; messages from KeelAPI)
 //   <- KeelFramedTransport (SwiftNIO), KeelServer (gRPC + composition), KeelClient
 //   <- KeelCLI (`keel`).
@@ -99,6 +100,18 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        // The research loop: market data files, the backtester (static rules
+        // and the policy through the serving engine), metrics, stress
+        // scenarios, reports and charts, and walk-forward training of the
+        // policy with evolution strategies on the C core.
+        .target(
+            name: "KeelResearch",
+            dependencies: [
+                "KeelPortfolio",
+                "KeelInference",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // Transport-independent serving: model repository with hot swap, request
         // handlers, admission control and deadlines. No NIO, no gRPC.
         .target(
@@ -171,6 +184,7 @@ let package = Package(
                 "KeelAudit",
                 "KeelServer",
                 "KeelClient",
+                "KeelResearch",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -197,6 +211,10 @@ let package = Package(
         .testTarget(
             name: "KeelPortfolioTests",
             dependencies: ["KeelPortfolio"]
+        ),
+        .testTarget(
+            name: "KeelResearchTests",
+            dependencies: ["KeelResearch", "KeelPortfolio", "KeelInference", "KeelTestSupport"]
         ),
         .testTarget(
             name: "KeelAuditTests",

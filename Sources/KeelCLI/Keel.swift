@@ -33,7 +33,8 @@ struct Keel: AsyncParsableCommand {
               keel audit export --db keel-audit.sqlite --since 2026-11-01 --format jsonl
             """,
         version: "keel \(KeelCore.version)",
-        subcommands: [ModelCommand.self, Infer.self, ServeCommand.self, CallCommand.self, BenchCommand.self, AuditCommand.self]
+        subcommands: [ModelCommand.self, Infer.self, ServeCommand.self, CallCommand.self, BenchCommand.self, AuditCommand.self,
+                      BacktestCommand.self, TrainCommand.self]
     )
 }
 
