@@ -159,7 +159,7 @@ public struct BacktestDocument: Codable, Sendable {
             lines.append("")
             lines.append("stress \(stress.scenario) at row \(stress.eventRow) (\(stress.eventLabel)), window "
                 + "\(stress.windowPeriods) periods:")
-            var srows = [["strategy", "event", "window", "window DD", "trading effect", "window turnover"]]
+            var srows = [["strategy", "event", "window", "fall below event", "trading effect", "window turnover"]]
             for o in stress.outcomes {
                 srows.append([o.name, percent(o.eventReturn), percent(o.windowReturn), percent(o.windowDrawdown),
                               percent(o.tradingEffect), fixed(o.windowTurnover, 3)])

@@ -234,7 +234,7 @@ public enum TrainingArtifacts {
             + "return's sign reversed from the event on), each placed in the middle of the last test window. "
             + "Trading effect: the window's return minus that of holding the event row's portfolio unchanged "
             + "(negative = the strategy's own trading made it worse).\n\n"
-        md += "| data set | scenario | event | strategy | event return | window return | window max DD | trading effect | window turnover |\n"
+        md += "| data set | scenario | event | strategy | event return | window return | deepest fall below the event | trading effect | window turnover |\n"
         md += "|---|---|---|---|---:|---:|---:|---:|---:|\n"
         for s in evaluation.stress {
             for o in s.outcomes {

@@ -136,11 +136,13 @@ def test_health_and_list_models(server, stubs):
         admin = stubs.service_grpc.ModelAdminStub(ch)
         models = admin.ListModels(stubs.service.ListModelsRequest(), timeout=5).models
         policy = [m for m in models if m.ref.name == "policy"]
-        assert policy and policy[0].ref.version == 1 and len(policy[0].ref.sha256) == 64
+        assert policy and policy[0].ref.version == SHIPPED_POLICY_VERSION and len(policy[0].ref.sha256) == 64
         assert policy[0].kind == "policy" and len(policy[0].features) == 12
 
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
+# The server serves the latest shipped version of the policy.
+SHIPPED_POLICY_VERSION = max(int(d.name) for d in (ROOT / "models" / "policy").iterdir() if d.name.isdigit())
 
 
 @pytest.mark.parametrize("n", [1, 10, 100])
@@ -154,7 +156,7 @@ def test_rebalance_runs_the_engine(server, stubs, n):
     for resp in (first, second):
         assert resp.request_id == f"req-{n}"
         assert [t.instrument_id for t in resp.targets] == [f"A{i:03d}" for i in range(n)]
-        assert resp.model.name == "policy" and resp.model.version == 1 and HEX64.fullmatch(resp.model.sha256)
+        assert resp.model.name == "policy" and resp.model.version == SHIPPED_POLICY_VERSION and HEX64.fullmatch(resp.model.sha256)
         assert HEX64.fullmatch(resp.audit_record_hash) and resp.decision_id
         assert resp.status in (S.DECISION_STATUS_EXECUTABLE, S.DECISION_STATUS_PENDING_APPROVAL,
                                S.DECISION_STATUS_NO_TRADE, S.DECISION_STATUS_INFEASIBLE)
