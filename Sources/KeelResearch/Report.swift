@@ -49,7 +49,7 @@ public struct BacktestDocument: Codable, Sendable {
             public var name: String
             public var eventReturn: Double
             public var windowReturn: Double
-            public var windowDrawdown: Double
+            public var fallBelowEvent: Double
             public var tradingEffect: Double
             public var windowTurnover: Double
 
@@ -57,7 +57,7 @@ public struct BacktestDocument: Codable, Sendable {
                 name = o.strategy
                 eventReturn = o.eventReturn
                 windowReturn = o.windowReturn
-                windowDrawdown = o.windowDrawdown
+                fallBelowEvent = o.fallBelowEvent
                 tradingEffect = o.tradingEffect
                 windowTurnover = o.windowTurnover
             }
@@ -161,7 +161,7 @@ public struct BacktestDocument: Codable, Sendable {
                 + "\(stress.windowPeriods) periods:")
             var srows = [["strategy", "event", "window", "fall below event", "trading effect", "window turnover"]]
             for o in stress.outcomes {
-                srows.append([o.name, percent(o.eventReturn), percent(o.windowReturn), percent(o.windowDrawdown),
+                srows.append([o.name, percent(o.eventReturn), percent(o.windowReturn), percent(o.fallBelowEvent),
                               percent(o.tradingEffect), fixed(o.windowTurnover, 3)])
             }
             lines.append(contentsOf: alignedTable(srows))

@@ -88,7 +88,7 @@ public struct StressOutcome: Sendable, Equatable {
     /// Return from the event row to the end of the recovery window.
     public var windowReturn: Double
     /// Deepest fall from the event row within the window.
-    public var windowDrawdown: Double
+    public var fallBelowEvent: Double
     /// Window return minus the return of holding the event row's book
     /// unchanged through the window: what the strategy's own trading added
     /// (negative = its trading made the stress worse).
@@ -106,7 +106,7 @@ public struct StressOutcome: Sendable, Equatable {
         windowReturn = w[last] / w[base] - 1
         var worst = 0.0
         for k in base...last { worst = max(worst, 1 - w[k] / w[base]) }
-        windowDrawdown = worst
+        fallBelowEvent = worst
         // Holding the book after the event row's decision unchanged: its
         // weights (recorded) grow with prices.
         var held = 0.0

@@ -239,7 +239,7 @@ public enum TrainingArtifacts {
         for s in evaluation.stress {
             for o in s.outcomes {
                 md += "| \(s.dataset) | \(s.scenario) | \(s.eventLabel) | \(o.strategy) | \(percent(o.eventReturn)) | "
-                    + "\(percent(o.windowReturn)) | \(percent(o.windowDrawdown)) | \(percent(o.tradingEffect)) | "
+                    + "\(percent(o.windowReturn)) | \(percent(o.fallBelowEvent)) | \(percent(o.tradingEffect)) | "
                     + "\(fixed(o.windowTurnover, 3)) |\n"
             }
         }

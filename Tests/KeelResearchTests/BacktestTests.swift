@@ -244,7 +244,7 @@ struct StressTests {
         let ucrp = try StrategySpec.ucrp.run(stressed, options: BacktestOptions(recordWeights: true))
         let outcome = StressOutcome(result: ucrp, data: stressed, eventRow: row, windowPeriods: 252)
         #expect(abs(outcome.eventReturn + 0.2) < 1e-12)
-        #expect(outcome.windowDrawdown >= 0.2 - 1e-12)
+        #expect(outcome.fallBelowEvent >= 0.2 - 1e-12)
         let hold = try StrategySpec.buyAndHold.run(stressed, options: BacktestOptions(recordWeights: true))
         #expect(abs(StressOutcome(result: hold, data: stressed, eventRow: row, windowPeriods: 252).tradingEffect) < 1e-12)
     }

@@ -218,3 +218,40 @@ def test_warm_start(tmp_path):
     p = keel("train", "policy", "--data", tmp_path / "a.csv", "--out", tmp_path / "o", "--no-publish",
              "--warm-start", bad, "--generations", "1", *TINY, check=False)
     assert p.returncode == 1 and "cannot warm-start" in p.stderr
+
+
+# --------------------------------------------------------------------------- #
+# Stress: the shipped policy does not amplify a crash through its own trading
+# --------------------------------------------------------------------------- #
+
+def latest_policy() -> Path:
+    versions = [int(d.name) for d in (REPO / "models" / "policy").iterdir() if d.name.isdigit()]
+    return REPO / "models" / "policy" / str(max(versions)) / "model.onnx"
+
+
+def crash_outcomes(data: Path, *window):
+    doc = backtest_json("--data", data, "--strategy", f"policy:{latest_policy()}", "--strategy", "ucrp",
+                        "--strategy", "buy-and-hold", "--cost-bps", "10", "--stress", "crash", *window)
+    return {o["name"].split(":")[0]: o for o in doc["stress"]["outcomes"]}
+
+
+def assert_no_amplification(o):
+    policy, ucrp = o["policy"], o["ucrp"]
+    # No leverage: the crash day costs the policy at most the market's 20 %.
+    assert policy["event_return"] >= -0.2 - 1e-9
+    # Its trades through the recovery do no worse than daily rebalancing's (1 point of slack).
+    assert policy["trading_effect"] >= min(ucrp["trading_effect"], 0.0) - 0.01, (policy, ucrp)
+    assert policy["fall_below_event"] <= o["buy-and-hold"]["fall_below_event"] + 0.02
+
+
+def test_shipped_policy_does_not_amplify_a_crash_synthetic(tmp_path):
+    synthetic_relatives(tmp_path / "s.csv", assets=8, periods=700, seed=7)
+    assert_no_amplification(crash_outcomes(tmp_path / "s.csv"))
+
+
+@pytest.mark.parametrize("name,window", [("nyse_o.csv", ("--from", "4800")), ("djia.csv", ())])
+def test_shipped_policy_does_not_amplify_a_crash_real_data(name, window):
+    path = DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    assert_no_amplification(crash_outcomes(path, *window))
