@@ -194,7 +194,7 @@ let package = Package(
         .executableTarget(
             name: "KeelEngineBench",
             dependencies: [
-                "KeelInference", "KeelPortfolio", "KeelServing", "KeelClient",
+                "KeelInference", "KeelPortfolio", "KeelServing", "KeelClient", "KeelAPI",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "benchmarks/EngineBench"

@@ -82,10 +82,9 @@ public struct RiskModel: Sendable {
         let n = assets
         factors.withUnsafeBufferPointer { fp in
             w.withUnsafeBufferPointer { wp in
+                guard let f = fp.baseAddress, let v = wp.baseAddress else { return }
                 for k in 0..<window {
-                    let row = k * n
-                    var x = 0.0
-                    for i in 0..<n { x += fp[row + i] * wp[i] }
+                    let x = dot(f + k * n, v, n)
                     total += x * x
                 }
             }
@@ -102,11 +101,13 @@ public struct RiskModel: Sendable {
         let n = assets
         var out = [Double](repeating: 0, count: n)
         factors.withUnsafeBufferPointer { fp in
-            for k in 0..<window {
-                let row = k * n
-                var x = 0.0
-                for i in 0..<n { x += fp[row + i] * w[i] }
-                if x != 0 { for i in 0..<n { out[i] += fp[row + i] * x } }
+            w.withUnsafeBufferPointer { wp in
+                guard let f = fp.baseAddress, let v = wp.baseAddress else { return }
+                for k in 0..<window {
+                    let row = k * n
+                    let x = dot(f + row, v, n)
+                    if x != 0 { for i in 0..<n { out[i] += fp[row + i] * x } }
+                }
             }
         }
         for i in 0..<n { out[i] += diagonal[i] * w[i] }
@@ -129,15 +130,14 @@ public struct RiskModel: Sendable {
         var a = 0.0, b = 0.0, c = 0.0
         let n = assets
         factors.withUnsafeBufferPointer { fp in
-            for k in 0..<window {
-                var x = 0.0, y = 0.0
-                let row = k * n
-                for i in 0..<n {
-                    let v = fp[row + i]
-                    x += v * f[i]
-                    y += v * d[i]
+            f.withUnsafeBufferPointer { fb in
+                d.withUnsafeBufferPointer { db in
+                    guard let m = fp.baseAddress, let u = fb.baseAddress, let v = db.baseAddress else { return }
+                    for k in 0..<window {
+                        let x = dot(m + k * n, u, n), y = dot(m + k * n, v, n)
+                        a += x * x; b += x * y; c += y * y
+                    }
                 }
-                a += x * x; b += x * y; c += y * y
             }
         }
         for i in 0..<n where diagonal[i] != 0 {
@@ -195,4 +195,25 @@ public enum Suitability {
         }
         return (limit, rule)
     }
+}
+
+/// Σ a[i]·b[i] with four independent partial sums (so the additions
+/// pipeline instead of waiting on each other), combined in a fixed order:
+/// deterministic, and about four times faster than one running sum.
+@inline(__always)
+func dot(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int) -> Double {
+    var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    var i = 0
+    while i + 4 <= n {
+        s0 += a[i] * b[i]
+        s1 += a[i + 1] * b[i + 1]
+        s2 += a[i + 2] * b[i + 2]
+        s3 += a[i + 3] * b[i + 3]
+        i += 4
+    }
+    while i < n {
+        s0 += a[i] * b[i]
+        i += 1
+    }
+    return (s0 + s1) + (s2 + s3)
 }

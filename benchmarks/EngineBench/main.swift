@@ -2,13 +2,22 @@
 // inference through the C core, risk, constraints, orders and explanations,
 // for 10, 100 and 1000 assets. Build and run in release:
 //
-//   swift run -c release --scratch-path .build-release keel-engine-bench [--model PATH] [--seconds S] [--assets 10,100,1000]
+//   swift run -c release --scratch-path .build-release keel-engine-bench [--model PATH] [--seconds S]
+//       [--assets 10,100,1000] [--history inline|published]
 //
 // Requests come from KeelClient.BenchRequests (the same generator as `keel
 // bench`) with 64 days of price history, mapped to the domain once; each
 // iteration runs `RebalanceEngine.rebalance` and is timed alone.
+//
+// --history inline: the history travels in the request (price_history), so
+// every call computes each instrument's returns and statistics.
+// --history published (the default; the server's path for `keel bench`):
+// the history was published with PublishMarketData into the server's
+// MarketState, which keeps each instrument's analysed series (returns and
+// statistics, computed once per new price), and the request carries none.
 import Foundation
 import Histogram
+import KeelAPI
 import KeelClient
 import KeelInference
 import KeelPortfolio
@@ -19,14 +28,12 @@ struct SessionScorer: PolicyScorer {
     let featureNames: [String]
 
     func scores(_ features: [Float], rows: Int) throws -> [Float] {
-        let out = try session.run(features: features, rows: rows)
-        guard let t = out.first, rows > 0, t.values.count % rows == 0 else { return [] }
-        let stride = t.values.count / rows
-        return stride == 1 ? t.values : (0..<rows).map { t.values[$0 * stride] }
+        try session.scores(features: features, rows: rows)
     }
 }
 
-var modelPath = "models/policy/1/model.onnx"
+var modelPath = "models/policy/2/model.onnx"
+var published = true
 var seconds = 3.0
 var sizes = [10, 100, 1000]
 var args = CommandLine.arguments.dropFirst()
@@ -35,8 +42,10 @@ while let flag = args.popFirst() {
     case "--model": modelPath = args.popFirst() ?? modelPath
     case "--seconds": seconds = Double(args.popFirst() ?? "") ?? seconds
     case "--assets": sizes = (args.popFirst() ?? "").split(separator: ",").compactMap { Int($0) }
+    case "--history" where ["inline", "published"].contains(args.first ?? ""): published = args.popFirst() == "published"
     default:
-        FileHandle.standardError.write(Data("usage: keel-engine-bench [--model PATH] [--seconds S] [--assets 10,100,1000]\n".utf8))
+        FileHandle.standardError.write(Data(("usage: keel-engine-bench [--model PATH] [--seconds S] [--assets 10,100,1000] "
+            + "[--history inline|published]\n").utf8))
         exit(64)
     }
 }
@@ -47,13 +56,20 @@ var config = EngineConfig()
 if let top = ProcessInfo.processInfo.environment["KEEL_BENCH_TOP_FEATURES"], let k = Int(top) { config.topFeatures = k }
 let engine = RebalanceEngine(config: config)
 print("engine alone, model \(modelPath) (sha256 \(model.sha256.prefix(12))), blas core \(Blas.coreName), "
-    + "threads \(Blas.threads), \(seconds) s per size")
+    + "threads \(Blas.threads), \(seconds) s per size, history \(published ? "published (market state)" : "inline")")
 print("")
 print("| assets | iterations | orders | status | p50 us | p90 us | p99 us | max us | mean us |")
 print("|---:|---:|---:|:---|---:|---:|---:|---:|---:|")
 for assets in sizes {
-    let request = BenchRequests.rebalance(assets: assets, historyDays: 64, seed: 42)
-    let (input, _) = try RebalanceMapping.input(request, market: MarketState())
+    let market = MarketState()
+    let request: Keel_V1_RebalanceRequest
+    if published {
+        request = BenchRequests.rebalance(assets: assets, historyDays: 0, seed: 42)
+        _ = market.apply(BenchRequests.priceHistory(for: request, days: 64, seed: 42).updates)
+    } else {
+        request = BenchRequests.rebalance(assets: assets, historyDays: 64, seed: 42)
+    }
+    let (input, _) = try RebalanceMapping.input(request, market: market)
     // Warm up: plans, caches, branch predictors.
     var last = try engine.rebalance(input, policy: scorer)
     for _ in 0..<50 { last = try engine.rebalance(input, policy: scorer) }
