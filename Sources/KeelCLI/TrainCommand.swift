@@ -3,6 +3,8 @@ import Foundation
 import KeelPortfolio
 import KeelResearch
 
+extension TrainingObjective: ExpressibleByArgument {}
+
 /// `keel train …`: training of Keel's models.
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -63,6 +65,10 @@ struct TrainPolicyCommand: ParsableCommand {
     @Option(name: .long, help: "Validations without improvement before a fold stops.") var patience = 6
     @Option(name: .long, help: "Proportional cost in bps per side.") var costBps = 10.0
     @Option(name: .long, help: "Reward = Sharpe − this × max drawdown.") var drawdownPenalty = 2.0
+    @Option(name: .long, help: ArgumentHelp("How the data sets' rewards combine: mean, or worst-excess (the smallest "
+        + "margin over the best static rule)."))
+    var objective: TrainingObjective = .mean
+    @Option(name: .long, help: "Reward −= this × annual one-way turnover.") var turnoverPenalty = 0.0
     @Option(name: .long, help: "Worker threads.") var threads = 2
     @Flag(name: .long, help: "Publish even when the new model does not beat the current one.")
     var force = false
@@ -89,6 +95,8 @@ struct TrainPolicyCommand: ParsableCommand {
         config.costBps = costBps
         config.drawdownPenalty = drawdownPenalty
         config.threads = threads
+        config.objective = objective
+        config.turnoverPenalty = turnoverPenalty
         do {
             try config.validate()
             try train(config)
@@ -122,11 +130,13 @@ struct TrainPolicyCommand: ParsableCommand {
         let version = current + 1
         guard let last = folds.last else { throw ResearchError(.invalidArgument, "no fold was trained") }
         let recent = last.windows.map(\.validation)
-        let challenger = try trainer.evaluator.score(try PolicyEvaluator.model(last.network), on: recent)
+        let recentBaselines = try trainer.evaluator.baselines(recent)
+        let challenger = try trainer.evaluator.score(try PolicyEvaluator.model(last.network), on: recent,
+                                                     baselines: recentBaselines)
         var champion: (version: Int, score: Double)? = nil
         if current > 0 {
             let scorer = try ModelScorer(path: "\(repository)/\(current)/model.onnx")
-            champion = (current, try trainer.evaluator.score(scorer.model, on: recent))
+            champion = (current, try trainer.evaluator.score(scorer.model, on: recent, baselines: recentBaselines))
         }
         let seconds = Double((ContinuousClock.now - started).components.seconds)
         let date = ISO8601DateFormatter().string(from: Date())

@@ -34,6 +34,11 @@ public struct TrainingConfig: Sendable, Equatable, Codable {
     public var costBps = 10.0
     /// Reward = Sharpe − drawdownPenalty × max drawdown (net of costs).
     public var drawdownPenalty = 2.0
+    /// Reward −= turnoverPenalty × annual one-way turnover (a regulariser
+    /// toward slower signals, on top of the costs already paid).
+    public var turnoverPenalty = 0.0
+    /// How rewards over several windows (one per data set) become one score.
+    public var objective: TrainingObjective = .mean
     /// Worker threads for candidate evaluation.
     public var threads = 2
 
@@ -56,10 +61,21 @@ public struct TrainingConfig: Sendable, Equatable, Codable {
         try need(patience >= 1, "--patience must be >= 1")
         try need(costBps >= 0 && costBps < 10_000, "--cost-bps must be within 0..<10000")
         try need(drawdownPenalty >= 0 && drawdownPenalty.isFinite, "--drawdown-penalty must be >= 0")
+        try need(turnoverPenalty >= 0 && turnoverPenalty.isFinite, "--turnover-penalty must be >= 0")
         try need(threads >= 1 && threads <= 256, "--threads must be within 1...256")
         try need(hidden.allSatisfy { $0 >= 1 && $0 <= 4096 } && hidden.count <= 8,
                  "--hidden needs 0 to 8 layer widths within 1...4096")
     }
+}
+
+/// How the rewards of the windows (one per data set) combine into a score.
+public enum TrainingObjective: String, Sendable, Codable, CaseIterable {
+    /// The mean reward.
+    case mean
+    /// The worst window's reward minus that window's best static rule's
+    /// (buy-and-hold, UCRP, monthly calendar, 3 % band): the policy is as
+    /// good as its margin over the static rules where that margin is smallest.
+    case worstExcess = "worst-excess"
 }
 
 /// A backtest window: a data set and a range of its price rows.
@@ -110,18 +126,27 @@ public enum WalkForward {
 public struct PolicyEvaluator: Sendable {
     public let costBps: Double
     public let drawdownPenalty: Double
+    public let turnoverPenalty: Double
+    public let objective: TrainingObjective
     public let settings: PolicySettings
 
-    public init(costBps: Double, drawdownPenalty: Double, settings: PolicySettings = PolicySettings()) {
+    public init(costBps: Double, drawdownPenalty: Double, turnoverPenalty: Double = 0,
+                objective: TrainingObjective = .mean, settings: PolicySettings = PolicySettings())
+    {
         self.costBps = costBps
         self.drawdownPenalty = drawdownPenalty
+        self.turnoverPenalty = turnoverPenalty
+        self.objective = objective
         self.settings = settings
     }
 
     public var options: BacktestOptions { BacktestOptions(costBps: costBps) }
 
-    /// The reward of one backtest: Sharpe − penalty × max drawdown.
-    public func reward(_ m: Metrics) -> Double { m.sharpe - drawdownPenalty * m.maxDrawdown }
+    /// The reward of one backtest: Sharpe − drawdown penalty × max drawdown
+    /// − turnover penalty × annual turnover.
+    public func reward(_ m: Metrics) -> Double {
+        m.sharpe - drawdownPenalty * m.maxDrawdown - turnoverPenalty * m.turnover
+    }
 
     /// One policy backtest.
     public func run(_ model: Model, on window: Window, name: String = "policy", record: Bool = false)
@@ -134,11 +159,30 @@ public struct PolicyEvaluator: Sendable {
         return try Backtester.run(&strategy, data: window.data, rows: window.rows, options: options)
     }
 
-    /// Mean reward over windows.
-    public func score(_ model: Model, on windows: [Window]) throws(ResearchError) -> Double {
+    /// Per window, the best static rule's reward: what the worst-excess
+    /// objective measures the policy against (nil for the mean objective).
+    public func baselines(_ windows: [Window]) throws(ResearchError) -> [Double]? {
+        guard objective == .worstExcess else { return nil }
+        var out: [Double] = []
+        for w in windows {
+            var best = -Double.infinity
+            for rule in benchmarkRules { best = max(best, reward(try rule.run(w.data, rows: w.rows, options: options).metrics)) }
+            out.append(best)
+        }
+        return out
+    }
+
+    /// The objective over windows: the mean reward, or the worst excess over
+    /// `baselines` (from ``baselines(_:)`` on the same windows).
+    public func score(_ model: Model, on windows: [Window], baselines: [Double]?) throws(ResearchError) -> Double {
         var total = 0.0
-        for w in windows { total += reward(try run(model, on: w).metrics) }
-        return total / Double(max(1, windows.count))
+        var worst = Double.infinity
+        for (k, w) in windows.enumerated() {
+            let r = reward(try run(model, on: w).metrics)
+            total += r
+            if let baselines { worst = min(worst, r - baselines[k]) }
+        }
+        return baselines == nil ? total / Double(max(1, windows.count)) : worst
     }
 
     /// The model of a network (metadata: kind and features only).
@@ -221,7 +265,9 @@ public struct PolicyTrainer: Sendable {
 
     public init(config: TrainingConfig, settings: PolicySettings = PolicySettings()) {
         self.config = config
-        evaluator = PolicyEvaluator(costBps: config.costBps, drawdownPenalty: config.drawdownPenalty, settings: settings)
+        evaluator = PolicyEvaluator(costBps: config.costBps, drawdownPenalty: config.drawdownPenalty,
+                                    turnoverPenalty: config.turnoverPenalty, objective: config.objective,
+                                    settings: settings)
     }
 
     /// Trains fold after fold, each starting from the previous fold's
@@ -255,8 +301,10 @@ public struct PolicyTrainer: Sendable {
         var theta = start.parameters.map(Double.init)
         var m = [Double](repeating: 0, count: d), v = m
         let beta1 = 0.9, beta2 = 0.999
-        var best = (score: try evaluator.score(try PolicyEvaluator.model(start), on: validation), generation: 0,
-                    network: start)
+        let validationBaselines = try evaluator.baselines(validation)
+        var best = (score: try evaluator.score(try PolicyEvaluator.model(start), on: validation,
+                                               baselines: validationBaselines),
+                    generation: 0, network: start)
         var curve = [Double](repeating: .nan, count: c.generations + 1)
         curve[0] = best.score
         var stale = 0
@@ -280,6 +328,7 @@ public struct PolicyTrainer: Sendable {
                 let first = rows.lowerBound + (slack > 0 ? Int(rng.next() % UInt64(slack + 1)) : 0)
                 return Window(data: w.train.data, rows: first...(first + length))
             }
+            let segmentBaselines = try evaluator.baselines(segments)
             // Antithetic noise.
             var noise = [[Float]](repeating: [], count: pairs)
             for k in 0..<pairs {
@@ -296,7 +345,7 @@ public struct PolicyTrainer: Sendable {
                 for i in 0..<d { p[i] = Float(base[i] + sign * sigma * Double(eps[i])) }
                 let net = try PolicyNetwork(sizes: sizes, parameters: p)
                 let model = try PolicyEvaluator.model(net)
-                return try evaluator.score(model, on: segments)
+                return try evaluator.score(model, on: segments, baselines: segmentBaselines)
             }
             // Centred ranks in [−0.5, 0.5].
             let order = rewards.indices.sorted { rewards[$0] != rewards[$1] ? rewards[$0] < rewards[$1] : $0 < $1 }
@@ -322,7 +371,8 @@ public struct PolicyTrainer: Sendable {
             var validated: Double? = nil
             if g % c.evaluateEvery == 0 || g == c.generations {
                 let net = try PolicyNetwork(sizes: sizes, parameters: theta.map(Float.init))
-                let score = try evaluator.score(try PolicyEvaluator.model(net), on: validation)
+                let score = try evaluator.score(try PolicyEvaluator.model(net), on: validation,
+                                                baselines: validationBaselines)
                 curve[g] = score
                 validated = score
                 if score > best.score {

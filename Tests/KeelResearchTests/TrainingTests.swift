@@ -129,10 +129,31 @@ struct TrainingTests {
         let start = PolicyNetwork(hidden: c.hidden, seed: c.seed)
         let fold = try trainer.train(data: data, start: start) { _ in }.first!
         let validation = fold.windows.map(\.validation)
-        let startScore = try trainer.evaluator.score(try PolicyEvaluator.model(start), on: validation)
-        let chosen = try trainer.evaluator.score(try PolicyEvaluator.model(fold.network), on: validation)
+        let startScore = try trainer.evaluator.score(try PolicyEvaluator.model(start), on: validation, baselines: nil)
+        let chosen = try trainer.evaluator.score(try PolicyEvaluator.model(fold.network), on: validation, baselines: nil)
         #expect(chosen >= startScore)
         #expect(abs(chosen - fold.validationScore) < 1e-12)
+    }
+
+    /// The worst-excess objective is the smallest margin of the policy's
+    /// reward over the best static rule's, window by window.
+    @Test func worstExcessObjective() throws {
+        let windows = [Window(data: try Synthetic.data(assets: 4, periods: 300, seed: 61), rows: 0...150),
+                       Window(data: try Synthetic.data(assets: 5, periods: 300, seed: 62), rows: 100...299)]
+        let evaluator = PolicyEvaluator(costBps: 10, drawdownPenalty: 1, objective: .worstExcess)
+        let baselines = try #require(try evaluator.baselines(windows))
+        #expect(baselines.count == 2)
+        for (k, w) in windows.enumerated() {
+            let rules = try benchmarkRules.map { try evaluator.reward($0.run(w.data, rows: w.rows, options: evaluator.options).metrics) }
+            #expect(baselines[k] == rules.max())
+        }
+        let model = try PolicyEvaluator.model(PolicyNetwork(hidden: [4], seed: 2))
+        let rewards = try windows.map { try evaluator.reward(evaluator.run(model, on: $0).metrics) }
+        let score = try evaluator.score(model, on: windows, baselines: baselines)
+        #expect(score == min(rewards[0] - baselines[0], rewards[1] - baselines[1]))
+        #expect(try PolicyEvaluator(costBps: 10, drawdownPenalty: 1).baselines(windows) == nil)
+        let mean = try PolicyEvaluator(costBps: 10, drawdownPenalty: 1).score(model, on: windows, baselines: nil)
+        #expect(abs(mean - (rewards[0] + rewards[1]) / 2) < 1e-12)
     }
 
     @Test(arguments: [
