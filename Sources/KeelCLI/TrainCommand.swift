@@ -155,6 +155,11 @@ struct TrainPolicyCommand: ParsableCommand {
                 + "\(String(format: "%.3f", t.best.sharpe)); max drawdown \(String(format: "%.1f%%", t.policy.maxDrawdown * 100)) "
                 + "vs \(String(format: "%.1f%%", t.best.maxDrawdown * 100)); target \(t.met ? "met" : "not met")")
         }
+        if let p = evaluation.pooledTarget() {
+            print("  all data sets (means): test Sharpe \(String(format: "%.3f", p.policySharpe)) vs \(p.rule) "
+                + "\(String(format: "%.3f", p.ruleSharpe)); max drawdown \(String(format: "%.1f%%", p.policyDrawdown * 100)) "
+                + "vs \(String(format: "%.1f%%", p.ruleDrawdown * 100)); target \(p.met ? "met" : "not met")")
+        }
         let beats = champion.map { challenger > $0.score } ?? true
         if let champion {
             print("recent validation score: new \(String(format: "%.4f", challenger)), current v\(champion.version) "

@@ -119,6 +119,23 @@ public struct TrainingEvaluation: Sendable {
             return (t.dataset, p, t.names[bestIndex], b, met)
         }
     }
+
+    /// All data sets together: each strategy's Sharpe and max drawdown
+    /// averaged over the data sets, the best static rule by mean Sharpe, and
+    /// the same test. Nil without totals.
+    public func pooledTarget() -> (policySharpe: Double, policyDrawdown: Double, rule: String, ruleSharpe: Double,
+                                   ruleDrawdown: Double, met: Bool)?
+    {
+        guard let first = totals.first, !first.names.isEmpty else { return nil }
+        let count = Double(totals.count)
+        let sharpe = first.names.indices.map { k in totals.reduce(0) { $0 + $1.metrics[k].sharpe } / count }
+        let drawdown = first.names.indices.map { k in totals.reduce(0) { $0 + $1.metrics[k].maxDrawdown } / count }
+        guard sharpe.count > 1 else { return nil }
+        var best = 1
+        for k in 1..<sharpe.count where sharpe[k] > sharpe[best] { best = k }
+        let met = sharpe[0] >= sharpe[best] + 0.05 * abs(sharpe[best]) && drawdown[0] <= drawdown[best] + 1e-12
+        return (sharpe[0], drawdown[0], first.names[best], sharpe[best], drawdown[best], met)
+    }
 }
 
 /// Writes the trained model, its `REPORT.md` and pictures, and promotes it.
@@ -191,6 +208,11 @@ public enum TrainingArtifacts {
             md += "| \(t.dataset) | \(fixed(t.policy.sharpe, 3)) | \(t.rule) | \(fixed(t.best.sharpe, 3)) | "
                 + "\(fixed(ratio, 3)) | \(percent(t.policy.maxDrawdown)) | \(percent(t.best.maxDrawdown)) | "
                 + "\(t.met ? "yes" : "**no**") |\n"
+        }
+        if let p = evaluation.pooledTarget() {
+            md += "| all data sets (mean of each figure) | \(fixed(p.policySharpe, 3)) | \(p.rule) | \(fixed(p.ruleSharpe, 3)) | "
+                + "\(fixed(p.ruleSharpe != 0 ? p.policySharpe / p.ruleSharpe : .nan, 3)) | \(percent(p.policyDrawdown)) | "
+                + "\(percent(p.ruleDrawdown)) | \(p.met ? "yes" : "**no**") |\n"
         }
         md += "\n## Totals over the chained test windows\n\n"
         for t in evaluation.totals {

@@ -195,6 +195,9 @@ struct TrainingTests {
         let chainedUCRP = e.rows.map { $0.results[2].metrics.finalWealth }.reduce(1, *)
         #expect(relativeError(total.metrics[2].finalWealth, chainedUCRP) < 1e-12)
         #expect(e.stress.map(\.scenario) == ["crash", "regime-flip"])
+        let pooled = try #require(e.pooledTarget())
+        #expect(pooled.policySharpe == total.metrics[0].sharpe)  // one data set: the pool is that set
+        #expect(pooled.rule == e.targetRows()[0].rule && pooled.met == e.targetRows()[0].met)
         let crash = e.stress[0]
         #expect(crash.outcomes.count == 5)
         #expect(abs(crash.outcomes[1].eventReturn + 0.2) < 1e-9)  // buy-and-hold falls exactly 20 %
