@@ -1,11 +1,11 @@
 /// Number formatting for explanations and summaries, with integer
 /// arithmetic (Double's description is slow and prints exponents).
-enum Format {
+public enum Format {
     private static let powers = [1, 10, 100, 1_000, 10_000]
 
     /// `v` with `decimals` (0...4) digits after the point, and thousands
     /// separators when `grouping`. Values beyond ±1e15 print as Double does.
-    static func fixed(_ v: Double, _ decimals: Int, grouping: Bool = false) -> String {
+    public static func fixed(_ v: Double, _ decimals: Int, grouping: Bool = false) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(28)
         append(&out, v, decimals, grouping: grouping)
