@@ -10,7 +10,7 @@ struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Train Keel's models.",
-        subcommands: [TrainPolicyCommand.self]
+        subcommands: [TrainPolicyCommand.self, TrainLiquidityCommand.self]
     )
 }
 
@@ -257,4 +257,101 @@ final class ProgressBar {
 
 func printErrorInline(_ text: String) {
     FileHandle.standardError.write(Data(text.utf8))
+}
+
+/// `keel train liquidity`: the quantile cash-flow forecaster, trained and
+/// evaluated on synthetic accounts.
+struct TrainLiquidityCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "liquidity",
+        abstract: "Train the liquidity (cash-flow) forecaster on synthetic accounts and publish it.",
+        discussion: """
+            Generates seeded synthetic pension-fund and retail accounts, fits a linear quantile model \
+            (p5, p50, p95 of the daily net flow) by minimising the pinball loss, evaluates it against \
+            seasonal-naive and exponential-smoothing baselines on held-back accounts, and writes model.onnx \
+            and REPORT.md to --out and, unless --no-publish, as the next version under <models>/liquidity. \
+            Method: docs/LIQUIDITY.md.
+            """
+    )
+
+    @Option(name: .long, help: ArgumentHelp("The model repository.", valueName: "dir")) var models = "models"
+    @Option(name: .long, help: ArgumentHelp("Where the model and report are written.", valueName: "dir"))
+    var out = "keel-train-liquidity"
+    @Option(name: .long, help: "Random seed.") var seed: UInt64 = 20_261_121
+    @Option(name: .long, help: "Training accounts.") var accounts = 200
+    @Option(name: .long, help: "Held-back evaluation accounts.") var evaluationAccounts = 100
+    @Option(name: .long, help: "Days generated per account.") var days = 4 * 365
+    @Option(name: .long, help: "Days between forecast origins.") var originEvery = 14
+    @Option(name: .long, help: "Training epochs.") var epochs = 300
+    @Option(name: .long, help: "Adam step size.") var learningRate = 0.02
+    @Option(name: .long, help: "Confidence of the evaluated cash buffer.") var confidence = 0.95
+    @Flag(name: .long, help: "Write to --out only.") var noPublish = false
+
+    func run() throws {
+        var config = LiquidityTrainingConfig()
+        config.seed = seed
+        config.accounts = accounts
+        config.evaluationAccounts = evaluationAccounts
+        config.days = days
+        config.originEvery = originEvery
+        config.epochs = epochs
+        config.learningRate = learningRate
+        config.confidence = confidence
+        do {
+            try config.validate()
+            try train(config)
+        } catch let error as ResearchError {
+            throw fail(error.message)
+        }
+    }
+
+    private func train(_ config: LiquidityTrainingConfig) throws {
+        let started = ContinuousClock.now
+        let training = CashFlowGenerator.population(count: config.accounts, seed: config.seed, days: config.days)
+        let held = CashFlowGenerator.population(count: config.evaluationAccounts, seed: config.seed ^ 0xE7A1, days: config.days)
+        let (x, y) = LiquidityTraining.dataset(training, config: config)
+        printError("fitting on \(y.count) rows from \(config.accounts) synthetic accounts...")
+        let model = QuantileModel.fit(x: x, y: y, epochs: config.epochs, learningRate: config.learningRate) { epoch, loss in
+            if epoch % 50 == 0 || epoch == config.epochs {
+                printError("epoch \(epoch)/\(config.epochs): training pinball loss \(String(format: "%.5f", loss))")
+            }
+        }
+        let calibration = LiquidityTraining.calibrate(model, accounts: training, config: config)
+        let evaluation = LiquidityTraining.evaluate(model, calibration: calibration, accounts: held, config: config)
+        let repository = "\(models)/liquidity"
+        let version = TrainingArtifacts.latestVersion(in: repository) + 1
+        let date = ISO8601DateFormatter().string(from: Date())
+        let seconds = Double((ContinuousClock.now - started).components.seconds)
+        let command = "keel train liquidity " + CommandLine.arguments.dropFirst(3).joined(separator: " ")
+        let report = LiquidityTraining.report(version: version, command: command, date: date, config: config,
+                                              evaluation: evaluation, trainingRows: y.count, seconds: seconds)
+        let configJSON = (try? JSONEncoder().encode(config)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        let figures = evaluation.methods.map { "\($0.name): pinball \(String(format: "%.4f", $0.pinball)), coverage "
+            + "\(String(format: "%.3f", $0.coverage))" }.joined(separator: "; ")
+        let metadata: [(String, String)] = [
+            ("keel.kind", "liquidity"),
+            ("keel.version", String(version)),
+            ("keel.features", LiquidityFeatures.names.joined(separator: ",")),
+            ("keel.outputs", "p5,p50,p95 of the daily net flow divided by the account's scale"),
+            ("keel.buffer_calibration", calibration?.metadata ?? ""),
+            ("keel.created_by", "keel train liquidity"),
+            ("keel.trained_at", date),
+            ("keel.training", "linear quantile regression (pinball loss, Adam) on SYNTHETIC accounts; "
+                + "hyperparameters \(configJSON); evaluation on held-back synthetic accounts: \(figures)"),
+        ]
+        let files: [(name: String, bytes: [UInt8])] = [("model.onnx", model.onnx(metadata: metadata)),
+                                                       ("REPORT.md", Array(report.utf8))]
+        try TrainingArtifacts.write(files, to: out)
+        for m in evaluation.methods {
+            print("  \(m.name): pinball \(String(format: "%.4f", m.pinball)), 5-95 % coverage \(String(format: "%.1f%%", m.coverage * 100))")
+        }
+        for b in evaluation.buffers {
+            print("  \(b.name): mean \(String(format: "%.2f%%", b.meanBuffer * 100)) of value, shortfalls "
+                + "\(String(format: "%.1f%%", b.shortfalls * 100))")
+        }
+        print("model and report written to \(out)")
+        if noPublish { return }
+        try TrainingArtifacts.promote(files, repository: repository, version: version)
+        print("published as \(repository)/\(version)/model.onnx")
+    }
 }

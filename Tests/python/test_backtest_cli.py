@@ -255,3 +255,19 @@ def test_shipped_policy_does_not_amplify_a_crash_real_data(name, window):
     if not path.exists():
         pytest.skip(f"{path} is not present")
     assert_no_amplification(crash_outcomes(path, *window))
+
+
+def test_train_liquidity_small(tmp_path):
+    p = keel("train", "liquidity", "--models", tmp_path / "models", "--out", tmp_path / "out", "--accounts", "4",
+             "--evaluation-accounts", "2", "--days", "700", "--epochs", "5", "--origin-every", "60")
+    assert "published as" in p.stdout and "seasonal naive" in p.stdout
+    model = tmp_path / "models" / "liquidity" / "1" / "model.onnx"
+    meta = json.loads(keel("model", "inspect", model, "--format", "json").stdout)["metadata"]
+    assert meta["keel.kind"] == "liquidity" and meta["keel.features"].startswith("horizon,business_day")
+    assert meta["keel.buffer_calibration"].startswith("0.5=")
+    report = (tmp_path / "models" / "liquidity" / "1" / "REPORT.md").read_text()
+    assert "The data is synthetic" in report
+    bad = keel("train", "liquidity", "--out", tmp_path / "o", "--no-publish", "--horizon-bogus", check=False)
+    assert bad.returncode == 64
+    bad = keel("train", "liquidity", "--out", tmp_path / "o", "--no-publish", "--days", "300", check=False)
+    assert bad.returncode == 1 and "--days" in bad.stderr
