@@ -376,7 +376,21 @@ public final class KeelService: RequestHandler {
                             "model '\(name)' is a \(model.kind) model; Rebalance needs a policy model")
         }
         let engineStart = ContinuousClock.now
-        let (input, marketTime) = try RebalanceMapping.input(request, market: marketState)
+        var (input, marketTime) = try RebalanceMapping.input(request, market: marketState)
+        var liquidityNote: String? = nil
+        if request.hasLiquidity {
+            // Keep at least the forecast cash buffer; invest the excess.
+            let context = try LiquidityMapping.context(request.liquidity, field: "liquidity")
+            let (_, buffer) = try LiquidityMapping.forecast(context, model: try liquidityModel(""))
+            let value = RebalanceMapping.totalValue(input)
+            if value > 0 {
+                let floor = min(1, buffer / value)
+                if floor > input.mandate.minCashWeight { input.mandate.minCashWeight = floor }
+                liquidityNote = "liquidity forecast: cash kept at least \(Format.fixed(buffer, 2, grouping: true)) "
+                    + "(\(Format.fixed(floor * 100, 2)) % of value) to meet outflows over "
+                    + "\(context.scheduled.count) days at \(Int((context.confidence * 100).rounded())) % confidence"
+            }
+        }
         let decision: RebalanceDecision
         do throws(EngineError) {
             decision = try engine.rebalance(input, policy: ModelScorer(model: model))
@@ -391,6 +405,7 @@ public final class KeelService: RequestHandler {
         }
         let engineTime = ContinuousClock.now - engineStart
         var response = RebalanceMapping.response(decision)
+        if let liquidityNote { response.note = response.note.isEmpty ? liquidityNote : liquidityNote + "; " + response.note }
         response.requestID = request.requestID
         response.decisionID = DecisionID.make()
         response.model = model.ref
@@ -583,7 +598,32 @@ public final class KeelService: RequestHandler {
     private func performForecastLiquidity(_ request: Keel_V1_ForecastLiquidityRequest) throws(RPCStatus)
         -> Keel_V1_ForecastLiquidityResponse
     {
-        throw RPCStatus(.unimplemented, "ForecastLiquidity arrives with issue 6 (liquidity forecasting)")
+        guard request.hasLiquidity else {
+            throw RPCStatus(.invalidArgument, "liquidity is missing: the account's cash-flow history and horizon")
+        }
+        let context = try LiquidityMapping.context(request.liquidity, field: "liquidity")
+        let model = try liquidityModel(request.model)
+        let (path, buffer) = try LiquidityMapping.forecast(context, model: model)
+        var response = Keel_V1_ForecastLiquidityResponse()
+        response.requestID = request.requestID
+        response.path = LiquidityMapping.response(path)
+        response.recommendedCashBuffer = buffer
+        response.model = model.ref
+        response.note = (["cash buffer at \(Int((context.confidence * 100).rounded())) % confidence over "
+            + "\(path.count) days"] + context.notes).joined(separator: "; ")
+        return response
+    }
+
+    /// The serving liquidity model (`name`, default "liquidity").
+    private func liquidityModel(_ name: String) throws(RPCStatus) -> LoadedModel {
+        let name = name.isEmpty ? "liquidity" : name
+        guard let model = repository.serving(name: name) else {
+            throw RPCStatus(.failedPrecondition, "no model '\(name)' is loaded")
+        }
+        guard model.kind == .liquidity else {
+            throw RPCStatus(.failedPrecondition, "model '\(name)' is a \(model.kind) model; a liquidity model is needed")
+        }
+        return model
     }
 
     // MARK: - Market data

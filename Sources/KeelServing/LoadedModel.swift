@@ -223,6 +223,9 @@ enum ModelValidator {
         if kind == .policy, let why = FeatureSet.mismatch(features) {
             throw fail("a policy must take Keel's feature set: \(why)")
         }
+        if kind == .liquidity, let why = LiquidityFeatures.mismatch(features) {
+            throw fail(why)
+        }
         guard !model.outputs.isEmpty else { throw fail("the model has no outputs") }
 
         // A test inference: small, varied, deterministic inputs.

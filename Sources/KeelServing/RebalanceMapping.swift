@@ -217,4 +217,13 @@ public enum RebalanceMapping {
         }
         return r
     }
+
+    /// Cash plus holdings at the input's prices.
+    public static func totalValue(_ input: RebalanceInput) -> Double {
+        var price: [String: Double] = [:]
+        for instrument in input.instruments { price[instrument.id] = instrument.price }
+        var value = input.portfolio.cash
+        for h in input.portfolio.holdings { value += h.quantity * (price[h.instrumentID] ?? 0) }
+        return value
+    }
 }

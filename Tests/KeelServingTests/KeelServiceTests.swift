@@ -400,7 +400,7 @@ struct KeelServiceTests {
     @Test("methods of later issues are UNIMPLEMENTED and say which issue")
     func unimplemented() async throws {
         let f = try Self.fixture()
-        let cases: [(RPCMethod, String)] = [(.harvestTaxLosses, "issue 6"), (.forecastLiquidity, "issue 6")]
+        let cases: [(RPCMethod, String)] = [(.harvestTaxLosses, "issue 6")]
         for (method, issue) in cases {
             let result = await f.service.handle(method, request: [], deadline: Self.deadline())
             guard case .failure(let status) = result else {
