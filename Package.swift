@@ -166,6 +166,7 @@ let package = Package(
                 "KeelAPI",
                 "KeelGRPC",
                 "KeelServing",
+                "KeelPortfolio",
                 "KeelFramedTransport",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -222,7 +222,7 @@ public enum CashFlowGenerator {
     // MARK: Random helpers
 
     static func uniform(_ rng: inout SplitMix64, _ low: Double, _ high: Double) -> Double {
-        low + (high - low) * rng.nextUnit()
+        low + (high - low) * rng.unit()
     }
 
     static func logUniform(_ rng: inout SplitMix64, _ low: Double, _ high: Double) -> Double {
@@ -304,12 +304,12 @@ public enum CashFlowGenerator {
             if d == C.nextBusinessDay(onOrAfter: C.dayNumber(year: y, month: m, day: 10)) {
                 x -= v * p.feeRate
             }
-            x += v * p.noiseRate * noiseRng.nextNormal()
+            x += v * p.noiseRate * noiseRng.normal()
             flows[k] = cents(x)
-            if lumpRng.nextUnit() < lumpProbability {
+            if lumpRng.unit() < lumpProbability {
                 let share = uniform(&lumpRng, PensionParameters.lumpSumShare.lowerBound,
                                     PensionParameters.lumpSumShare.upperBound)
-                scheduled[k] = cents((lumpRng.nextUnit() < 0.5 ? 1 : -1) * v * share)
+                scheduled[k] = cents((lumpRng.unit() < 0.5 ? 1 : -1) * v * share)
             }
         }
         return SyntheticAccount(kind: .pension, seed: seed, firstDay: firstDay, value: v, flows: flows,
@@ -351,7 +351,7 @@ public enum CashFlowGenerator {
         static func draw(seed: UInt64) -> RetailParameters {
             var r = stream(seed, .retail, 1)
             let value = logUniform(&r, valueRange.lowerBound, valueRange.upperBound)
-            let payday: Payday = r.nextUnit() < 0.5 ? .semiMonthly : .biweeklyFriday(phase: Int(r.next() % 2))
+            let payday: Payday = r.unit() < 0.5 ? .semiMonthly : .biweeklyFriday(phase: Int(r.next() % 2))
             return RetailParameters(
                 value: value,
                 payday: payday,
@@ -422,11 +422,11 @@ public enum CashFlowGenerator {
             if m % 3 == p.dividendPhase, d == C.nextBusinessDay(onOrAfter: C.dayNumber(year: y, month: m, day: 15)) {
                 x += v * p.dividendRate * (1 + uniform(&dividendRng, -0.10, 0.10))
             }
-            if withdrawalRng.nextUnit() < withdrawalProbability {
-                x -= min(exp(mu + sigma * withdrawalRng.nextNormal()), v * RetailParameters.withdrawalCap)
+            if withdrawalRng.unit() < withdrawalProbability {
+                x -= min(exp(mu + sigma * withdrawalRng.normal()), v * RetailParameters.withdrawalCap)
             }
             flows[k] = cents(x)
-            if largeRng.nextUnit() < largeProbability {
+            if largeRng.unit() < largeProbability {
                 let share = uniform(&largeRng, RetailParameters.largeWithdrawalShare.lowerBound,
                                     RetailParameters.largeWithdrawalShare.upperBound)
                 scheduled[k] = cents(-v * share)

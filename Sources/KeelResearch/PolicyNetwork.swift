@@ -34,7 +34,7 @@ public struct PolicyNetwork: Sendable, Equatable {
         for l in 0..<(sizes.count - 1) {
             let fanIn = sizes[l], fanOut = sizes[l + 1]
             let limit = (6.0 / Double(fanIn + fanOut)).squareRoot() * (l == sizes.count - 2 ? 0.1 : 1)
-            for _ in 0..<(fanIn * fanOut) { p.append(Float((rng.nextUnit() * 2 - 1) * limit)) }
+            for _ in 0..<(fanIn * fanOut) { p.append(Float((rng.unit() * 2 - 1) * limit)) }
             p.append(contentsOf: [Float](repeating: 0, count: fanOut))
         }
         parameters = p
@@ -211,36 +211,5 @@ struct WireReader {
         default:
             throw Malformed(message: "field \(field) has an unsupported wire type \(key & 7)")
         }
-    }
-}
-
-/// SplitMix64: a small, fast, well-mixed generator; all training
-/// randomness derives from it, so a seed fixes a run.
-public struct SplitMix64: Sendable {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
-
-    /// Standard normal (Box–Muller).
-    public mutating func nextNormal() -> Double {
-        let u1 = max(nextUnit(), 1e-300), u2 = nextUnit()
-        return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
-    }
-
-    /// A generator for a derived stream (e.g. per generation and candidate).
-    public static func derived(_ seed: UInt64, _ a: UInt64, _ b: UInt64 = 0) -> SplitMix64 {
-        var g = SplitMix64(seed: seed ^ (a &* 0x9E37_79B9_7F4A_7C15) ^ (b &* 0xC2B2_AE3D_27D4_EB4F))
-        _ = g.next()
-        return g
     }
 }

@@ -333,7 +333,7 @@ public struct PolicyTrainer: Sendable {
             var noise = [[Float]](repeating: [], count: pairs)
             for k in 0..<pairs {
                 var r = SplitMix64.derived(c.seed, UInt64(fold) << 32 | UInt64(g), UInt64(k) + 2)
-                noise[k] = (0..<d).map { _ in Float(r.nextNormal()) }
+                noise[k] = (0..<d).map { _ in Float(r.normal()) }
             }
             let base = theta
             let sigma = c.sigma

@@ -3,22 +3,8 @@ import Testing
 
 @testable import KeelPortfolio
 
-/// SplitMix64: a tiny, seeded, fully deterministic generator (the same seed
-/// gives the same stream on every platform and run).
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    mutating func unit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+/// Test conveniences on Keel's seeded generator.
+extension SplitMix64 {
     mutating func uniform(_ a: Double, _ b: Double) -> Double { a + (b - a) * unit() }
     mutating func logUniform(_ a: Double, _ b: Double) -> Double { exp(uniform(log(a), log(b))) }
     mutating func int(_ range: ClosedRange<Int>) -> Int {
@@ -26,11 +12,6 @@ struct SplitMix64: RandomNumberGenerator {
     }
     mutating func chance(_ p: Double) -> Bool { unit() < p }
     mutating func pick<T>(_ values: [T]) -> T { values[int(0...(values.count - 1))] }
-    /// Standard normal (Box-Muller).
-    mutating func normal() -> Double {
-        let u = max(unit(), 1e-300), v = unit()
-        return (-2 * log(u)).squareRoot() * cos(2 * Double.pi * v)
-    }
 }
 
 /// A policy that is a fixed linear function of the features.

@@ -24,9 +24,9 @@ struct LiquidityTrainingTests {
         var x: [Float] = [], y: [Double] = []
         for _ in 0..<4000 {
             var row = [Float](repeating: 0, count: f)
-            row[0] = Float(rng.nextUnit() * 2 - 1)
+            row[0] = Float(rng.unit() * 2 - 1)
             x += row
-            y.append(2 * Double(row[0]) + (rng.nextUnit() * 2 - 1))
+            y.append(2 * Double(row[0]) + (rng.unit() * 2 - 1))
         }
         let model = QuantileModel.fit(x: x, y: y, epochs: 1500, learningRate: 0.02)
         for (j, q) in [-0.9, 0.0, 0.9].enumerated() {
@@ -39,10 +39,10 @@ struct LiquidityTrainingTests {
     @Test func onnxMatchesPredict() throws {
         var rng = SplitMix64(seed: 4)
         let f = LiquidityFeatures.count
-        let model = QuantileModel(weights: (0..<(3 * f)).map { _ in Float(rng.nextNormal()) }, bias: [-1, 0, 1])
+        let model = QuantileModel(weights: (0..<(3 * f)).map { _ in Float(rng.normal()) }, bias: [-1, 0, 1])
         let onnx = try Model(bytes: model.onnx(metadata: [("keel.kind", "liquidity"),
                                                           ("keel.features", LiquidityFeatures.names.joined(separator: ","))]))
-        let x = (0..<(5 * f)).map { _ in Float(rng.nextNormal()) }
+        let x = (0..<(5 * f)).map { _ in Float(rng.normal()) }
         let out = try onnx.makeSession().run(features: x, rows: 5)
         #expect(out.first?.shape == [5, 3])
         for (a, b) in zip(out[0].values, model.predict(x, rows: 5)) { #expect(abs(a - b) < 1e-4 * max(1, abs(b))) }

@@ -1,4 +1,5 @@
 import Foundation
+import KeelPortfolio
 import Testing
 @testable import KeelResearch
 
@@ -98,7 +99,7 @@ struct MarketDataTests {
                      "0.1234567890123456789012", "4.9406564584124654e-324", "1.7976931348623157e308", "0x1p3"]
         for _ in 0..<2000 {
             let digits = Int(rng.next() % 12) + 1
-            let v = rng.nextUnit() * pow(10, Double(Int(rng.next() % 8)) - 3)
+            let v = rng.unit() * pow(10, Double(Int(rng.next() % 8)) - 3)
             texts.append(String(format: "%.\(digits)f", v))
             texts.append(String(v))
         }

@@ -13,7 +13,7 @@ enum Synthetic {
         var last = [Double](repeating: 0, count: assets)
         for t in 0..<periods {
             for i in 0..<assets {
-                let r = 0.0003 + 0.015 * rng.nextNormal() - 0.2 * last[i]
+                let r = 0.0003 + 0.015 * rng.normal() - 0.2 * last[i]
                 last[i] = r
                 x[t * assets + i] = exp(r)
             }

@@ -18,7 +18,7 @@ struct PolicyNetworkTests {
         let scorer = try ModelScorer(model: model)
         var rng = SplitMix64(seed: 5)
         let rows = 7
-        let features = (0..<(rows * 12)).map { _ in Float(rng.nextNormal()) }
+        let features = (0..<(rows * 12)).map { _ in Float(rng.normal()) }
         let scores = try scorer.scores(features, rows: rows)
         for r in 0..<rows {
             var a = Array(features[(r * 12)..<((r + 1) * 12)]).map(Double.init)
