@@ -108,11 +108,11 @@ public struct PolicyNetwork: Sendable, Equatable {
                     var dims: [Int] = [], tname = "", raw: [UInt8] = [], floats: [Float] = [], type = 0
                     while let (tf, tv) = try tensor.next() {
                         switch (tf, tv) {
-                        case (1, .varint(let d)): dims.append(Int(d))
+                        case (1, .varint(let d)): dims.append(Int(truncatingIfNeeded: d))
                         case (1, .bytes(let packed)):
                             var r = WireReader(packed)
-                            while let d = try r.varint() { dims.append(Int(d)) }
-                        case (2, .varint(let t)): type = Int(t)
+                            while let d = try r.varint() { dims.append(Int(truncatingIfNeeded: d)) }
+                        case (2, .varint(let t)): type = Int(truncatingIfNeeded: t)
                         case (8, .bytes(let s)): tname = String(decoding: s, as: UTF8.self)
                         case (9, .bytes(let s)): raw = Array(s)
                         case (4, .bytes(let packed)):
@@ -146,7 +146,8 @@ public struct PolicyNetwork: Sendable, Equatable {
                 throw bad("no initializer 'fc\(l + 1).weight' or 'head.weight' (Keel's policy MLP layout)")
             }
             guard let w = tensors["\(layer).weight"], let b = tensors["\(layer).bias"], w.dims.count == 2,
-                  w.dims[1] == sizes.last, b.dims == [w.dims[0]], w.values.count == w.dims[0] * w.dims[1],
+                  w.dims[0] > 0, w.dims[0] <= 1 << 20, w.dims[1] == sizes.last, b.dims == [w.dims[0]],
+                  w.values.count == w.dims[0] * w.dims[1],
                   b.values.count == w.dims[0]
             else {
                 throw bad("layer '\(layer)' does not have a [out, \(sizes.last ?? 0)] weight and an [out] bias")

@@ -47,6 +47,13 @@ struct PolicyNetworkTests {
                 #expect(error.message.hasPrefix("x.onnx: cannot warm-start"))
             }
         }
+        // Hostile dimensions (negative, huge) are refused, not trapped on.
+        for dims: [Int64] in [[-5, 12], [Int64.max, 12], [1 << 40, 12]] {
+            var hostile = ONNXModel()
+            hostile.initializers = [.init(name: "head.weight", dims: dims, values: [1], raw: true),
+                                    .init(name: "head.bias", dims: [1], values: [0], raw: true)]
+            #expect(throws: ResearchError.self) { try PolicyNetwork(onnx: hostile.encode(), name: "h.onnx") }
+        }
         // A valid ONNX model of another layout.
         var other = ONNXModel()
         other.inputs = [.init(name: "features", dims: [.param("n"), .value(12)])]
