@@ -153,7 +153,7 @@ struct BacktestCommand: ParsableCommand {
             }
             return r
         }
-        guard let dates = data.dates, let r = dates.firstIndex(where: { $0 >= text }) else {
+        guard let r = data.row(onOrAfter: text) else {
             throw ResearchError(.invalidArgument, "\(data.name) has no row on or after '\(text)'"
                 + (data.dates == nil ? " (it has no dates; give a row number)" : ""))
         }

@@ -47,6 +47,14 @@ public struct MarketData: Sendable {
     /// True when asset `i` has a price at row `r`.
     @inlinable public func isListed(_ i: Int, atRow r: Int) -> Bool { firstRow[i] <= r }
 
+    /// The first row dated on or after `date` (a relatives file's synthetic
+    /// first row, labelled "start", never matches), or nil.
+    public func row(onOrAfter date: String) -> Int? {
+        guard let dates else { return nil }
+        let first = hasPrices ? 0 : 1
+        return dates.indices.first { $0 >= first && dates[$0] >= date }
+    }
+
     /// The label of price row `r`: its date, or the row number.
     public func label(ofRow r: Int) -> String { dates.map { $0[r] } ?? String(r) }
 

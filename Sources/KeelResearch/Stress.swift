@@ -51,7 +51,7 @@ public struct StressScenario: Sendable, Equatable, CustomStringConvertible {
             }
             return r
         }
-        guard let dates = data.dates, let r = dates.firstIndex(where: { $0 >= at }), r < data.periods else {
+        guard let r = data.row(onOrAfter: at), r < data.periods else {
             throw ResearchError(.invalidArgument, "stress \(self): \(data.name) has no row on or after '\(at)'")
         }
         return r

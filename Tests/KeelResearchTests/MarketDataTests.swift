@@ -89,6 +89,10 @@ struct MarketDataTests {
                                                    encoding: .utf8)
         let data = try MarketData.load(path: dir.appendingPathComponent("x.csv").path)
         #expect(data.dates == ["start", "1999-01-04", "1999-01-05"])
+        // "start" sorts after any digit: date lookups must skip it.
+        #expect(data.row(onOrAfter: "1999-01-05") == 2)
+        #expect(data.row(onOrAfter: "1900-01-01") == 1)
+        #expect(data.row(onOrAfter: "2000-01-01") == nil)
         #expect(data.name == "x.csv")
     }
 
