@@ -10,7 +10,7 @@ struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Train Keel's models.",
-        subcommands: [TrainPolicyCommand.self, TrainLiquidityCommand.self]
+        subcommands: [TrainPolicyCommand.self, TrainLiquidityCommand.self, TrainTaxLossCommand.self]
     )
 }
 
@@ -348,6 +348,113 @@ struct TrainLiquidityCommand: ParsableCommand {
         for b in evaluation.buffers {
             print("  \(b.name): mean \(String(format: "%.2f%%", b.meanBuffer * 100)) of value, shortfalls "
                 + "\(String(format: "%.1f%%", b.shortfalls * 100))")
+        }
+        print("model and report written to \(out)")
+        if noPublish { return }
+        try TrainingArtifacts.promote(files, repository: repository, version: version)
+        print("published as \(repository)/\(version)/model.onnx")
+    }
+}
+
+/// `keel train tax-loss`: the tax-loss forecaster (median 21-day return).
+struct TrainTaxLossCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tax-loss",
+        abstract: "Train the tax-loss forecaster on price history and publish it.",
+        discussion: """
+            Fits a linear median regression of each instrument's log return over the next 21 trading days on its \
+            own price features (docs/TAX.md), on the first part of every data file; evaluates it on the held-back \
+            rest against a zero forecast and momentum; writes model.onnx and REPORT.md to --out and, unless \
+            --no-publish, as the next version under <models>/tax_loss.
+
+            Example:
+              keel train tax-loss --data ../shared/data/nyse_o.csv --data ../shared/data/nyse_n.csv \\
+                  --data ../shared/data/djia.csv --data ../shared/data/pypfopt_stock_prices.csv
+            """
+    )
+
+    @Option(name: .customLong("data"), help: ArgumentHelp("A data file to train on (repeatable).", valueName: "file"))
+    var dataFiles: [String] = []
+    @Option(name: .long, help: ArgumentHelp("The model repository.", valueName: "dir")) var models = "models"
+    @Option(name: .long, help: ArgumentHelp("Where the model and report are written.", valueName: "dir"))
+    var out = "keel-train-tax-loss"
+    @Option(name: .long, help: "Share of each file's rows used for training (the rest is the test period).")
+    var trainFraction = 0.7
+    @Option(name: .long, help: "Rows between samples of one asset.") var every = 5
+    @Option(name: .long, help: "Training epochs.") var epochs = 400
+    @Option(name: .long, help: "Adam step size.") var learningRate = 0.01
+    @Flag(name: .long, help: "Write to --out only.") var noPublish = false
+
+    func run() throws {
+        var config = TaxLossTrainingConfig()
+        config.trainFraction = trainFraction
+        config.every = every
+        config.epochs = epochs
+        config.learningRate = learningRate
+        do {
+            try config.validate()
+            guard !dataFiles.isEmpty else { throw ResearchError(.invalidArgument, "--data is required (repeatable)") }
+            try train(config)
+        } catch let error as ResearchError {
+            throw fail(error.message)
+        }
+    }
+
+    private func train(_ config: TaxLossTrainingConfig) throws {
+        let started = ContinuousClock.now
+        var x: [Float] = [], y: [Double] = []
+        var tests: [(name: String, samples: TaxLossTraining.Samples)] = []
+        for path in dataFiles {
+            let data = try MarketData.load(path: path)
+            let split = TaxLossTraining.splitRow(data, config: config)
+            let train = TaxLossTraining.samples(data, rows: 0..<split, targetEnd: split, every: config.every)
+            let test = TaxLossTraining.samples(data, rows: split..<data.rows, targetEnd: data.rows, every: config.every)
+            x += train.x
+            y += train.y
+            tests.append((data.name, test))
+            printError("\(data.name): \(train.count) training and \(test.count) test samples")
+        }
+        guard !y.isEmpty else {
+            throw ResearchError(.invalidData, "no training samples: each asset needs "
+                + "\(TaxLossFeatures.minimumHistory + TaxLossFeatures.horizonDays) rows of prices before the split")
+        }
+        let model = QuantileModel.fit(x: x, y: y, epochs: config.epochs, learningRate: config.learningRate,
+                                      quantiles: [0.5], featureCount: TaxLossFeatures.count) { epoch, loss in
+            if epoch % 100 == 0 || epoch == config.epochs {
+                printError("epoch \(epoch)/\(config.epochs): training pinball loss \(String(format: "%.5f", loss))")
+            }
+        }
+        let evaluations = tests.filter { $0.samples.count > 0 }
+            .map { TaxLossTraining.evaluate(model, test: $0.samples, dataset: $0.name) }
+        let repository = "\(models)/tax_loss"
+        let version = TrainingArtifacts.latestVersion(in: repository) + 1
+        let date = ISO8601DateFormatter().string(from: Date())
+        let seconds = Double((ContinuousClock.now - started).components.seconds)
+        let command = "keel train tax-loss " + CommandLine.arguments.dropFirst(3).joined(separator: " ")
+        let report = TaxLossTraining.report(version: version, command: command, date: date, config: config,
+                                            model: model, trainingSamples: y.count, evaluations: evaluations,
+                                            seconds: seconds)
+        let configJSON = (try? JSONEncoder().encode(config)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        let metadata: [(String, String)] = [
+            ("keel.kind", "tax_loss"),
+            ("keel.version", String(version)),
+            ("keel.features", TaxLossFeatures.names.joined(separator: ",")),
+            ("keel.outputs", "median log return over the next \(TaxLossFeatures.horizonDays) trading days"),
+            ("keel.created_by", "keel train tax-loss"),
+            ("keel.trained_at", date),
+            ("keel.training", "linear median regression (pinball loss, Adam) on "
+                + tests.map(\.name).joined(separator: ", ") + "; hyperparameters \(configJSON)"),
+        ]
+        let bytes = model.onnx(graph: "keel_tax_loss", producer: "keel train tax-loss", rows: "instruments",
+                               output: "median_return",
+                               doc: "Linear median forecaster of the 21-trading-day log return", metadata: metadata)
+        let files: [(name: String, bytes: [UInt8])] = [("model.onnx", bytes), ("REPORT.md", Array(report.utf8))]
+        try TrainingArtifacts.write(files, to: out)
+        for e in evaluations {
+            for m in e.methods {
+                print("  \(e.dataset) \(m.name): pinball \(String(format: "%.5f", m.pinball)), rank IC "
+                    + "\(String(format: "%.3f", m.rankIC)), pair hit rate \(String(format: "%.1f%%", m.pairHitRate * 100))")
+            }
         }
         print("model and report written to \(out)")
         if noPublish { return }

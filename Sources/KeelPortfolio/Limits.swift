@@ -14,14 +14,15 @@
 /// the target (see ``RebalanceEngine``).
 struct Limits {
     enum Bound: Equatable {
-        case none, instrumentCap, excluded, esg, knowledge, unratedESG
+        case none, instrumentCap, excluded, esg, knowledge, unratedESG, repurchaseBlock
     }
 
     let n: Int
     /// Upper bound per asset, and why.
     var hi: [Double]
     var hiReason: [Bound]
-    /// Buying is not allowed (knowledge, unrated under an ESG floor, excluded).
+    /// Buying is not allowed (knowledge, unrated under an ESG floor, excluded,
+    /// a repurchase block).
     var noBuy: [Bool]
     /// Group index per asset, or -1.
     let sectorOf: [Int]
@@ -51,6 +52,10 @@ struct Limits {
                 if mandate.esgFloor > 0 && instrument.esgScore == nil {
                     noBuy[i] = true
                     if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .unratedESG }
+                }
+                if mandate.blockedPurchases.contains(instrument.id) {
+                    noBuy[i] = true
+                    if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .repurchaseBlock }
                 }
             }
         }

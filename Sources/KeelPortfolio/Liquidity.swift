@@ -29,6 +29,10 @@ public enum CivilDay {
         return era * 146_097 + doe - 719_468
     }
 
+    /// The days of the years 0001...9999: what ``parse`` accepts and what
+    /// ``iso`` prints in four digits.
+    public static let supported = dayNumber(year: 1, month: 1, day: 1)...dayNumber(year: 9999, month: 12, day: 31)
+
     /// Year, month and day of a day number.
     public static func date(_ n: Int) -> (year: Int, month: Int, day: Int) {
         let z = n + 719_468

@@ -412,6 +412,12 @@ enum Compliance {
             return !fullExit && abs(lots - lots.rounded()) > 1e-9
         }.map { "\(x.ids[$0.asset]): \($0.quantity) is not a whole number of lots of \(x.lot[$0.asset])" },
             mandate.allowFractional ? "fractional quantities allowed" : "whole lots (or a full exit)")
+        if !mandate.blockedPurchases.isEmpty {
+            add("tax.repurchase_block", o.trades.first { t in
+                t.side == .buy && mandate.blockedPurchases.contains(x.ids[t.asset])
+            }.map { "\(x.ids[$0.asset]) is blocked from purchase (wash-sale window) and would be bought" },
+                "nothing bought inside its wash-sale window")
+        }
         add("suitability.knowledge", o.trades.first { t in
             t.side == .buy && x.input.instruments[t.asset].requiredKnowledge > x.input.profile.knowledge
         }.map { "\(x.ids[$0.asset]) needs knowledge level \(x.input.instruments[$0.asset].requiredKnowledge) to buy" },

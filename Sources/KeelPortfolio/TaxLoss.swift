@@ -81,7 +81,8 @@ public struct TaxRules: Sendable {
     public var lotSelection: LotSelection
     /// The day of the intended trades.
     public var tradeDay: Int
-    /// Household trades (all accounts) from tradeDay − 30 through tradeDay.
+    /// Household trades (all accounts) up to tradeDay; those more than 30
+    /// days before it cannot make a wash sale and are ignored.
     public var recentTrades: [RecentTrade]
 
     public init(shortTermRate: Double, longTermRate: Double, identicalGroups: [[String]] = [],
@@ -393,6 +394,10 @@ public enum TaxLossHarvester {
     static func validate(lots: [TaxLot], prices: [String: Double], rules: TaxRules) throws(TaxLossError) {
         func fail(_ message: String) -> TaxLossError { TaxLossError(.invalidInput, message) }
         let tradeDay = rules.tradeDay
+        // Bounded days keep every ±31 and every date text in range.
+        if !CivilDay.supported.contains(tradeDay) {
+            throw fail("trade_day \(tradeDay) is outside the years 0001...9999")
+        }
         for (field, rate) in [("short_term_rate", rules.shortTermRate), ("long_term_rate", rules.longTermRate)]
             where !(0...1).contains(rate)
         {
@@ -420,6 +425,9 @@ public enum TaxLossHarvester {
                 throw fail("\(f).cost_per_share \(number(lot.costPerShare)) is not a finite number")
             }
             if lot.costPerShare < 0 { throw fail("\(f).cost_per_share \(number(lot.costPerShare)) is not >= 0") }
+            if !CivilDay.supported.contains(lot.acquiredDay) {
+                throw fail("\(f).acquired_day \(lot.acquiredDay) is outside the years 0001...9999")
+            }
             if lot.acquiredDay > tradeDay {
                 throw fail("\(f).acquired_day \(CivilDay.iso(lot.acquiredDay)) is after the trade day \(CivilDay.iso(tradeDay))")
             }
@@ -436,8 +444,8 @@ public enum TaxLossHarvester {
             if t.day > tradeDay {
                 throw fail("\(f).day \(CivilDay.iso(t.day)) is after the trade day \(CivilDay.iso(tradeDay))")
             }
-            if t.day < tradeDay - 30 {
-                throw fail("\(f).day \(CivilDay.iso(t.day)) is more than 30 days before the trade day \(CivilDay.iso(tradeDay))")
+            if !CivilDay.supported.contains(t.day) {
+                throw fail("\(f).day \(t.day) is outside the years 0001...9999")
             }
         }
     }
@@ -486,4 +494,85 @@ struct IdenticalSets {
     }
 
     func of(_ id: String) -> Set<String> { sets[id] ?? [id] }
+}
+
+/// Tax lots in a rebalance: which lots each sale relieves (loss lots first,
+/// then long-term before short-term gains: ``TaxLossHarvester/lotsToSell``),
+/// what it realises, and a sentence on it in the order's explanation.
+public enum TaxLotAssignment {
+    /// What one sale realises.
+    public struct Realised: Sendable, Equatable {
+        public var instrumentID: String
+        /// Gains are positive, losses negative.
+        public var shortTerm: Double
+        public var longTerm: Double
+        public var total: Double { shortTerm + longTerm }
+    }
+
+    /// Sets `lotIDs` on every sale of an instrument with lots, adds the TAX
+    /// reason to sales that realise a net loss, and appends one sentence to
+    /// their explanations. `rules` supplies the trade day, the rates, the
+    /// household's recent purchases and the substantially identical groups
+    /// (a loss sale after such a purchase is flagged: the loss would be
+    /// disallowed). Returns what each sale with lots realises, in order.
+    @discardableResult
+    public static func apply(to decision: inout RebalanceDecision, lots: [TaxLot], rules: TaxRules) -> [Realised] {
+        guard !lots.isEmpty else { return [] }
+        let identical = IdenticalSets(rules.identicalGroups)
+        var byInstrument: [String: [TaxLot]] = [:]
+        for lot in lots { byInstrument[lot.instrumentID, default: []].append(lot) }
+        var out: [Realised] = []
+        for k in decision.orders.indices where decision.orders[k].side == .sell {
+            let order = decision.orders[k]
+            guard let held = byInstrument[order.instrumentID] else { continue }
+            let sold = TaxLossHarvester.lotsToSell(held, instrumentID: order.instrumentID, quantity: order.quantity,
+                                                    price: order.price, tradeDay: rules.tradeDay)
+            guard !sold.isEmpty else { continue }
+            var cost: [String: TaxLot] = [:]
+            for lot in held { cost[lot.id] = lot }
+            var st = 0.0, lt = 0.0
+            for (id, q) in sold {
+                guard let lot = cost[id] else { continue }
+                let gain = (order.price - lot.costPerShare) * q
+                if TaxLossHarvester.isLongTerm(acquiredDay: lot.acquiredDay, soldDay: rules.tradeDay) {
+                    lt += gain
+                } else {
+                    st += gain
+                }
+            }
+            let realised = Realised(instrumentID: order.instrumentID, shortTerm: st, longTerm: lt)
+            out.append(realised)
+            decision.orders[k].lotIDs = sold.map(\.id)
+            var text = " Lots \(TaxLossHarvester.list(sold.map(\.id))) "
+            if realised.total < 0 {
+                if !decision.orders[k].reasons.contains(.tax) { decision.orders[k].reasons.append(.tax) }
+                let saving = -(min(0, st) * rules.shortTermRate + min(0, lt) * rules.longTermRate)
+                text += "(loss lots first) realise a \(TaxLossHarvester.money(-realised.total)) loss"
+                    + split(st, lt) + ", worth about \(TaxLossHarvester.money(saving)) in tax"
+                let group = identical.of(order.instrumentID)
+                if let buy = rules.recentTrades.filter({
+                    $0.side == .buy && group.contains($0.instrumentID) && $0.day >= rules.tradeDay - 30
+                        && $0.day <= rules.tradeDay
+                }).max(by: { $0.day < $1.day }) {
+                    text += "; \(buy.instrumentID) was bought on \(CivilDay.iso(buy.day)), so the loss would be "
+                        + "disallowed as a wash sale"
+                }
+                text += "."
+            } else if realised.total > 0 {
+                text += "realise a \(TaxLossHarvester.money(realised.total)) gain" + split(st, lt)
+                    + ": loss lots and long-term lots go before short-term gains."
+            } else {
+                text += "are sold at cost: nothing is realised."
+            }
+            decision.orders[k].explanation += text
+        }
+        return out
+    }
+
+    static func split(_ st: Double, _ lt: Double) -> String {
+        if st != 0 && lt != 0 {
+            return " (\(TaxLossHarvester.money(abs(st))) short-term, \(TaxLossHarvester.money(abs(lt))) long-term)"
+        }
+        return lt != 0 ? " (all long-term)" : " (all short-term)"
+    }
 }

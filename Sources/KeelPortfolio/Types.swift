@@ -154,13 +154,18 @@ public struct Mandate: Sendable, Equatable {
     public var commissionMin: Double
     /// Trade any quantity instead of whole lots.
     public var allowFractional: Bool
+    /// Instruments that may not be bought in this rebalance (a wash-sale
+    /// repurchase block after a tax-loss harvest); held positions are kept,
+    /// not sold down.
+    public var blockedPurchases: Set<String>
 
     public init(strategicWeights: [(id: String, weight: Double)], maxInstrumentWeight: Double? = nil,
                 sectorCaps: [String: Double] = [:], assetClassCaps: [AssetClass: Double] = [:],
                 excludedInstruments: Set<String> = [], esgFloor: Double = 0, minCashWeight: Double = 0,
                 maxTurnover: Double? = nil, minTradeNotional: Double = 0, commissionBps: Double = 0,
-                commissionMin: Double = 0, allowFractional: Bool = false)
+                commissionMin: Double = 0, allowFractional: Bool = false, blockedPurchases: Set<String> = [])
     {
+        self.blockedPurchases = blockedPurchases
         self.strategicWeights = strategicWeights
         self.maxInstrumentWeight = maxInstrumentWeight
         self.sectorCaps = sectorCaps
@@ -183,6 +188,7 @@ public struct Mandate: Sendable, Equatable {
             && a.esgFloor == b.esgFloor && a.minCashWeight == b.minCashWeight && a.maxTurnover == b.maxTurnover
             && a.minTradeNotional == b.minTradeNotional && a.commissionBps == b.commissionBps
             && a.commissionMin == b.commissionMin && a.allowFractional == b.allowFractional
+            && a.blockedPurchases == b.blockedPurchases
     }
 }
 
@@ -243,6 +249,9 @@ public struct Order: Sendable, Equatable {
     public var reasons: [ReasonCode]
     public var topFeatures: [FeatureContribution]
     public var explanation: String
+    /// Tax lots a sale relieves, in order (see ``TaxLotAssignment``); empty
+    /// when the holding carries no lots.
+    public var lotIDs: [String] = []
 }
 
 /// What the engine decided.

@@ -38,61 +38,78 @@ public struct LiquidityTrainingConfig: Sendable, Equatable, Codable {
     }
 }
 
-/// A linear quantile model: three outputs (the 5 %, 50 % and 95 %
-/// quantiles of the scaled daily flow) from ``LiquidityFeatures``, fitted by
-/// minimising the pinball loss with Adam, and written as an ONNX Gemm that
-/// the server runs on the C core.
+/// A linear quantile model: one output per quantile from a row of
+/// features, fitted by minimising the pinball loss with Adam, and written as
+/// an ONNX Gemm that the server runs on the C core. The liquidity
+/// forecaster (the defaults: p5, p50 and p95 of the scaled daily flow from
+/// ``LiquidityFeatures``) and the tax-loss forecaster (the median 21-day
+/// return from ``TaxLossFeatures``) are both this model.
 public struct QuantileModel: Sendable, Equatable {
-    public static let quantiles = [0.05, 0.5, 0.95]
-    /// `[3 × features]`, row-major (PyTorch layout, Gemm transB = 1).
+    public static let liquidityQuantiles = [0.05, 0.5, 0.95]
+    public var quantiles: [Double]
+    public var featureCount: Int
+    /// `[quantiles × features]`, row-major (PyTorch layout, Gemm transB = 1).
     public var weights: [Float]
     public var bias: [Float]
 
-    public init(weights: [Float], bias: [Float]) {
+    public init(weights: [Float], bias: [Float], quantiles: [Double] = liquidityQuantiles,
+                featureCount: Int = LiquidityFeatures.count)
+    {
         self.weights = weights
         self.bias = bias
+        self.quantiles = quantiles
+        self.featureCount = featureCount
     }
 
-    /// Scaled quantiles for feature rows (three per row), as the ONNX file
-    /// computes them.
+    /// The quantiles for feature rows (``quantiles``.count per row), as the
+    /// ONNX file computes them.
     public func predict(_ x: [Float], rows: Int) -> [Float] {
-        let f = LiquidityFeatures.count
-        var out = [Float](repeating: 0, count: rows * 3)
+        let f = featureCount, q = quantiles.count
+        var out = [Float](repeating: 0, count: rows * q)
         for r in 0..<rows {
-            for j in 0..<3 {
+            for j in 0..<q {
                 var s = bias[j]
                 for i in 0..<f { s += weights[j * f + i] * x[r * f + i] }
-                out[r * 3 + j] = s
+                out[r * q + j] = s
             }
         }
         return out
     }
 
+    /// The liquidity forecaster's file.
     public func onnx(metadata: [(String, String)]) -> [UInt8] {
+        onnx(graph: "keel_liquidity", producer: "keel train liquidity", rows: "days", output: "quantiles",
+             doc: "Linear quantile forecaster (p5, p50, p95) of the scaled daily net cash flow", metadata: metadata)
+    }
+
+    public func onnx(graph: String, producer: String, rows: String, output: String, doc: String,
+                     metadata: [(String, String)]) -> [UInt8]
+    {
         var m = ONNXModel()
         m.producerName = "keel"
-        m.producerVersion = "keel train liquidity"
-        m.graphName = "keel_liquidity"
-        m.docString = "Linear quantile forecaster (p5, p50, p95) of the scaled daily net cash flow"
-        let f = LiquidityFeatures.count
-        m.inputs = [.init(name: "features", dims: [.param("days"), .value(f)])]
-        m.outputs = [.init(name: "quantiles", dims: [.param("days"), .value(3)])]
-        m.initializers = [.init(name: "head.weight", dims: [3, Int64(f)], values: weights, raw: true),
-                          .init(name: "head.bias", dims: [3], values: bias, raw: true)]
-        m.nodes = [.init(opType: "Gemm", inputs: ["features", "head.weight", "head.bias"], outputs: ["quantiles"],
+        m.producerVersion = producer
+        m.graphName = graph
+        m.docString = doc
+        let f = featureCount, q = quantiles.count
+        m.inputs = [.init(name: "features", dims: [.param(rows), .value(f)])]
+        m.outputs = [.init(name: output, dims: [.param(rows), .value(q)])]
+        m.initializers = [.init(name: "head.weight", dims: [Int64(q), Int64(f)], values: weights, raw: true),
+                          .init(name: "head.bias", dims: [Int64(q)], values: bias, raw: true)]
+        m.nodes = [.init(opType: "Gemm", inputs: ["features", "head.weight", "head.bias"], outputs: [output],
                          name: "head", attributes: [.int("transB", 1)])]
         m.metadata = metadata
         return m.encode()
     }
 
-    /// Fits the model to rows `x` (``LiquidityFeatures`` each) and scaled
-    /// targets `y` by full-batch Adam on the mean pinball loss.
+    /// Fits the model to rows `x` (`featureCount` values each) and targets
+    /// `y` by full-batch Adam on the mean pinball loss over `quantiles`.
     public static func fit(x: [Float], y: [Double], epochs: Int, learningRate: Double,
+                           quantiles: [Double] = liquidityQuantiles, featureCount: Int = LiquidityFeatures.count,
                            progress: (Int, Double) -> Void = { _, _ in }) -> QuantileModel
     {
-        let f = LiquidityFeatures.count
+        let f = featureCount, nq = quantiles.count
         let rows = y.count
-        let p = 3 * (f + 1)
+        let p = nq * (f + 1)
         var theta = [Double](repeating: 0, count: p)
         var m = theta, v = theta
         let xd = x.map(Double.init)
@@ -102,7 +119,7 @@ public struct QuantileModel: Sendable, Equatable {
             xd.withUnsafeBufferPointer { xb in
                 for r in 0..<rows {
                     let row = r * f
-                    for j in 0..<3 {
+                    for j in 0..<nq {
                         let base = j * (f + 1)
                         var q = theta[base + f]
                         for i in 0..<f { q += theta[base + i] * xb[row + i] }
@@ -124,14 +141,14 @@ public struct QuantileModel: Sendable, Equatable {
                 let mh = m[k] / (1 - pow(0.9, Double(epoch))), vh = v[k] / (1 - pow(0.999, Double(epoch)))
                 theta[k] -= learningRate * mh / (vh.squareRoot() + 1e-8)
             }
-            progress(epoch, loss / (3 * n))
+            progress(epoch, loss / (Double(nq) * n))
         }
-        var w = [Float](repeating: 0, count: 3 * f), b = [Float](repeating: 0, count: 3)
-        for j in 0..<3 {
+        var w = [Float](repeating: 0, count: nq * f), b = [Float](repeating: 0, count: nq)
+        for j in 0..<nq {
             for i in 0..<f { w[j * f + i] = Float(theta[j * (f + 1) + i]) }
             b[j] = Float(theta[j * (f + 1) + f])
         }
-        return QuantileModel(weights: w, bias: b)
+        return QuantileModel(weights: w, bias: b, quantiles: quantiles, featureCount: f)
     }
 }
 

@@ -49,6 +49,8 @@ public final class KeelService: RequestHandler {
     public let approvals = ApprovalBook<Keel_V1_RebalanceResponse>()
     /// Accounts with at least one decision (the "first rebalance" rule).
     private let accountsSeen: Mutex<Set<String>>
+    /// Instruments harvested per household: blocked from purchase for 31 days.
+    public let harvestMemory = HarvestMemory()
     private let logger: Logger
     private let metrics: ServiceMetrics
 
@@ -377,6 +379,7 @@ public final class KeelService: RequestHandler {
         }
         let engineStart = ContinuousClock.now
         var (input, marketTime) = try RebalanceMapping.input(request, market: marketState)
+        var tax = try taxPlan(request, input: &input)
         var liquidityNote: String? = nil
         if request.hasLiquidity {
             // Keep at least the forecast cash buffer; invest the excess.
@@ -391,9 +394,9 @@ public final class KeelService: RequestHandler {
                     + "\(context.scheduled.count) days at \(Int((context.confidence * 100).rounded())) % confidence"
             }
         }
-        let decision: RebalanceDecision
+        let decided: RebalanceDecision
         do throws(EngineError) {
-            decision = try engine.rebalance(input, policy: ModelScorer(model: model))
+            decided = try engine.rebalance(input, policy: ModelScorer(model: model))
         } catch {
             switch error.code {
             case .invalidInput: throw RPCStatus(.invalidArgument, error.message)
@@ -403,9 +406,14 @@ public final class KeelService: RequestHandler {
                 throw RPCStatus(.internal, "model '\(name)' v\(model.version): \(error.message)")
             }
         }
+        var decision = decided
+        applyTax(&tax, to: &decision)
         let engineTime = ContinuousClock.now - engineStart
         var response = RebalanceMapping.response(decision)
         if let liquidityNote { response.note = response.note.isEmpty ? liquidityNote : liquidityNote + "; " + response.note }
+        if !tax.notes.isEmpty {
+            response.note = (tax.notes + (response.note.isEmpty ? [] : [response.note])).joined(separator: "; ")
+        }
         response.requestID = request.requestID
         response.decisionID = DecisionID.make()
         response.model = model.ref
@@ -587,12 +595,195 @@ public final class KeelService: RequestHandler {
         return response
     }
 
-    // MARK: - Not yet implemented (issue 6)
+    // MARK: - Tax
+
+    /// The tax side of a rebalance: its lots and rules, and the purchases
+    /// blocked by earlier harvests (with the replacement's notes).
+    struct TaxPlan {
+        var household = ""
+        var lots: [TaxLot] = []
+        var rules: TaxRules?
+        /// Blocked instrument → (harvest day, replacement or nil).
+        var blocked: [String: (day: Int, replacement: String?)] = [:]
+        var notes: [String] = []
+    }
+
+    /// Validates the request's lots and tax context and blocks purchases of
+    /// instruments the household harvested in the last 31 days, moving
+    /// their unheld strategic weight to the replacement.
+    private func taxPlan(_ request: Keel_V1_RebalanceRequest, input: inout RebalanceInput) throws(RPCStatus) -> TaxPlan {
+        var plan = TaxPlan()
+        let p = request.portfolio
+        plan.household = p.householdID.isEmpty ? p.accountID : p.householdID
+        let hasLots = p.holdings.contains { !$0.lots.isEmpty }
+        let today = TaxMapping.today()
+        var day = today
+        if hasLots || request.hasTax {
+            try TaxMapping.checkReplacements(request.instruments)
+            day = try TaxMapping.tradeDay(request.tax, field: "tax", today: today)
+            plan.lots = try TaxMapping.lots(p, tradeDay: day, known: Set(request.instruments.map(\.id)))
+            plan.rules = try TaxMapping.rules(request.tax, field: "tax", tradeDay: day,
+                                              instruments: request.instruments, lots: plan.lots)
+        }
+        let harvested = harvestMemory.harvested(household: plan.household, day: day)
+        guard !harvested.isEmpty else { return plan }
+        // Each harvested instrument blocks itself and its substantially identical group.
+        let identical = TaxRules(shortTermRate: 0, longTermRate: 0,
+                                 identicalGroups: TaxMapping.identicalGroups(request.instruments), tradeDay: day)
+        var blockedSince: [String: Int] = [:]
+        for h in harvested {
+            for id in TaxLossHarvester.blockedPurchases(harvested: [h], rules: identical, day: day) {
+                blockedSince[id] = max(blockedSince[id] ?? h.day, h.day)
+            }
+        }
+        let replacements = TaxMapping.replacements(request.instruments)
+        let value = RebalanceMapping.totalValue(input)
+        var held: [String: Double] = [:]
+        for h in input.portfolio.holdings { held[h.instrumentID, default: 0] += h.quantity }
+        var price: [String: Double] = [:]
+        for m in input.instruments { price[m.id] = m.price }
+        for m in input.instruments {
+            guard let harvestDay = blockedSince[m.id] else { continue }
+            var replacement = replacements[m.id]?.first
+            if let r = replacement, blockedSince[r] != nil || price[r] == nil { replacement = nil }
+            plan.blocked[m.id] = (harvestDay, replacement)
+            input.mandate.blockedPurchases.insert(m.id)
+            var note = "\(m.id) is not bought until \(CivilDay.iso(harvestDay + 31)) (wash-sale window after the "
+                + "harvest on \(CivilDay.iso(harvestDay)))"
+            if let r = replacement, value > 0,
+               let k = input.mandate.strategicWeights.firstIndex(where: { $0.id == m.id })
+            {
+                let current = (held[m.id] ?? 0) * m.price / value
+                let excess = max(0, input.mandate.strategicWeights[k].weight - current)
+                if excess > 0 {
+                    input.mandate.strategicWeights[k].weight -= excess
+                    if let j = input.mandate.strategicWeights.firstIndex(where: { $0.id == r }) {
+                        input.mandate.strategicWeights[j].weight += excess
+                    } else {
+                        input.mandate.strategicWeights.append((id: r, weight: excess))
+                    }
+                    note += "; its unheld strategic weight goes to the replacement \(r)"
+                }
+            }
+            plan.notes.append(note)
+        }
+        return plan
+    }
+
+    /// Lots for every sale (loss lots first, no short-term gain where a
+    /// long-term lot will do), the TAX and WASH_SALE_BLOCK reasons, and the
+    /// memory of losses realised.
+    private func applyTax(_ plan: inout TaxPlan, to decision: inout RebalanceDecision) {
+        if let rules = plan.rules, !plan.lots.isEmpty {
+            let realised = TaxLotAssignment.apply(to: &decision, lots: plan.lots, rules: rules)
+            let losses = realised.filter { $0.total < 0 }.map(\.instrumentID)
+            if decision.status != .infeasible, !losses.isEmpty {
+                harvestMemory.record(household: plan.household, instruments: losses, day: rules.tradeDay)
+            }
+        }
+        guard !plan.blocked.isEmpty else { return }
+        var standsIn: [String: [String]] = [:]
+        for (id, block) in plan.blocked { if let r = block.replacement { standsIn[r, default: []].append(id) } }
+        for k in decision.orders.indices where decision.orders[k].side == .buy {
+            guard let ids = standsIn[decision.orders[k].instrumentID]?.sorted() else { continue }
+            decision.orders[k].reasons.append(.washSaleBlock)
+            let until = ids.compactMap { plan.blocked[$0].map { CivilDay.iso($0.day + 31) } }.max() ?? ""
+            decision.orders[k].explanation += " It stands in for \(ids.joined(separator: ", ")), which may not be "
+                + "bought again before \(until) (wash-sale window)."
+        }
+    }
 
     private func performHarvestTaxLosses(_ request: Keel_V1_HarvestTaxLossesRequest) throws(RPCStatus)
         -> Keel_V1_HarvestTaxLossesResponse
     {
-        throw RPCStatus(.unimplemented, "HarvestTaxLosses arrives with issue 6 (tax-loss harvesting)")
+        func bad(_ message: String) -> RPCStatus { RPCStatus(.invalidArgument, message) }
+        guard request.hasTax else {
+            throw bad("tax is missing: the tax rates, household trades and harvesting policy")
+        }
+        // Prices and daily closes per instrument (the request's, else the market state's).
+        var prices: [String: Double] = [:]
+        var histories: [String: [Double]] = [:]
+        for (k, m) in request.instruments.enumerated() {
+            guard !m.id.isEmpty else { throw bad("instruments[\(k)].id is empty") }
+            guard prices[m.id] == nil else { throw bad("instruments[\(k)].id '\(m.id)' appears twice") }
+            var price = m.price
+            var closes = m.priceHistory.map(\.price)
+            if let bad = closes.firstIndex(where: { !($0 > 0 && $0.isFinite) }) {
+                throw RPCStatus(.invalidArgument, "instruments[\(k)].price_history[\(bad)].price \(closes[bad]) "
+                    + "is not a finite number > 0")
+            }
+            if closes.isEmpty, let window = marketState.window(for: m.id) {
+                closes = window.prices
+                if price == 0, let latest = window.latestPrice { price = latest }
+            }
+            if price == 0, let last = closes.last { price = last }
+            guard price.isFinite, price > 0 else {
+                throw bad("instruments[\(k)].price \(m.price) is not a finite number > 0 and the market state holds "
+                    + "none for '\(m.id)'")
+            }
+            if closes.last != price { closes.append(price) }
+            prices[m.id] = price
+            histories[m.id] = closes
+        }
+        try TaxMapping.checkReplacements(request.instruments)
+        let tradeDay = try TaxMapping.tradeDay(request.tax, field: "tax", today: TaxMapping.today())
+        let lots = try TaxMapping.lots(request.portfolio, tradeDay: tradeDay, known: Set(prices.keys))
+        guard !lots.isEmpty else {
+            throw bad("portfolio.holdings carry no tax lots: harvesting needs each holding's lots "
+                + "(lot_id, quantity, acquired_on, cost_per_share)")
+        }
+        let rules = try TaxMapping.rules(request.tax, field: "tax", tradeDay: tradeDay,
+                                         instruments: request.instruments, lots: lots)
+        // The forecaster: the named model must be served; the default may be absent.
+        let name = request.model.isEmpty ? "tax_loss" : request.model
+        var notes: [String] = []
+        let model = repository.serving(name: name)
+        if let model, model.kind != .taxLoss {
+            throw RPCStatus(.failedPrecondition, "model '\(name)' is a \(model.kind) model; a tax_loss model is needed")
+        }
+        if model == nil, !request.model.isEmpty { throw RPCStatus(.failedPrecondition, "no model '\(name)' is loaded") }
+
+        func propose(_ score: @escaping (String) -> Double?) throws(RPCStatus)
+            -> (proposals: [HarvestProposal], skipped: [String])
+        {
+            do throws(TaxLossError) {
+                return try TaxLossHarvester.propose(lots: lots, prices: prices, rules: rules, score: score)
+            } catch {
+                throw bad(error.message)
+            }
+        }
+        var result = try propose { _ in nil }
+        if let model, !result.proposals.isEmpty {
+            // Score each proposal with the replacement it got, then propose
+            // again: a negative score drops it (and frees its group for others).
+            var wanted: [String: [Double]] = [:]
+            for p in result.proposals {
+                for id in [p.instrumentID] + (p.replacementID.map { [$0] } ?? []) { wanted[id] = histories[id] }
+            }
+            let forecasts = try TaxMapping.forecasts(wanted, model: model)
+            var scores: [String: Double] = [:]
+            for p in result.proposals {
+                if let s = TaxMapping.score(p, price: prices[p.instrumentID] ?? 0, forecasts: forecasts) {
+                    scores[p.instrumentID] = s
+                } else {
+                    notes.append("no forecaster score for \(p.instrumentID): the forecaster needs "
+                        + "\(TaxLossFeatures.minimumHistory) daily closes of it"
+                        + (p.replacementID.map { " and of \($0)" } ?? ""))
+                }
+            }
+            let final = scores
+            result = try propose { final[$0] }
+        }
+        if model == nil { notes.append("no tax_loss model is loaded: proposals carry no forecaster score") }
+        let household = request.portfolio.householdID.isEmpty ? request.portfolio.accountID : request.portfolio.householdID
+        harvestMemory.record(household: household, instruments: result.proposals.map(\.instrumentID), day: tradeDay)
+
+        var response = Keel_V1_HarvestTaxLossesResponse()
+        response.requestID = request.requestID
+        response.proposals = result.proposals.map(TaxMapping.response)
+        if let model { response.model = model.ref }
+        response.note = (notes + result.skipped).joined(separator: "; ")
+        return response
     }
 
     private func performForecastLiquidity(_ request: Keel_V1_ForecastLiquidityRequest) throws(RPCStatus)

@@ -226,6 +226,9 @@ enum ModelValidator {
         if kind == .liquidity, let why = LiquidityFeatures.mismatch(features) {
             throw fail(why)
         }
+        if kind == .taxLoss, let why = TaxLossFeatures.mismatch(features) {
+            throw fail(why)
+        }
         guard !model.outputs.isEmpty else { throw fail("the model has no outputs") }
 
         // A test inference: small, varied, deterministic inputs.
@@ -247,11 +250,11 @@ enum ModelValidator {
                     + "(\(output.values[bad])) in output '\(name)' at element \(bad)")
             }
         }
-        if kind == .policy {
+        if kind == .policy || kind == .taxLoss {
             guard let scores = outputs.first, scores.shape.first == rows, scores.values.count >= rows,
                   scores.values.count % rows == 0
             else {
-                throw fail("a policy must output one score per row: output '\(model.outputs[0].name)' has shape "
+                throw fail("a \(kind) model must output one score per row: output '\(model.outputs[0].name)' has shape "
                     + "\(outputs.first?.shape ?? []) for \(rows) rows")
             }
         }

@@ -188,6 +188,7 @@ public enum RebalanceMapping {
             }
             out.explanation = o.explanation
             out.required = o.required
+            out.lotIds = o.lotIDs
             return out
         }
         var compliance = Keel_V1_ComplianceReport()

@@ -173,12 +173,11 @@ struct TaxLossTests {
     }
 
     @Test func purchaseThirtyOneDaysBeforeIsOutsideTheWindow() throws {
-        // 31 days before is outside the look-back window: the trade feed
-        // covers 30 days only, so such a trade is invalid input…
-        #expect(throws: TaxLossError(.invalidInput, "recent_trades[0].day 2026-10-21 is more than 30 days before the trade day 2026-11-21")) {
-            try TaxLossHarvester.propose(lots: [lot("L1", cost: 120)], prices: ["VTI": 100],
-                                         rules: rules(trades: [buy("VTI", T - 31)]))
-        }
+        // 31 days before is outside the wash-sale window: such a trade is
+        // ignored, not an error…
+        let (early, _) = try TaxLossHarvester.propose(lots: [lot("L1", cost: 120)], prices: ["VTI": 100],
+                                                      rules: rules(trades: [buy("VTI", T - 31)]))
+        #expect(early.map(\.instrumentID) == ["VTI"])
         // …and without it (and with only sells or unrelated buys) the harvest goes ahead.
         let trades = [
             RecentTrade(instrumentID: "VTI", day: T - 5, side: .sell, quantity: 3, accountID: "A2"),
@@ -377,8 +376,12 @@ struct TaxLossTests {
             $0.rules.recentTrades = [buy("BND", T), RecentTrade(instrumentID: "VTI", day: T, side: .sell, quantity: 0, accountID: "A")]
         }
         add("recent_trades[0].day 2026-11-22 is after the trade day 2026-11-21") { $0.rules.recentTrades = [buy("VTI", T + 1)] }
-        add("recent_trades[0].day 2026-10-21 is more than 30 days before the trade day 2026-11-21") {
-            $0.rules.recentTrades = [buy("VTI", T - 31)]
+        add("recent_trades[0].day -800000 is outside the years 0001...9999") {
+            $0.rules.recentTrades = [buy("VTI", -800_000)]
+        }
+        add("trade_day 9000000 is outside the years 0001...9999") { $0.rules.tradeDay = 9_000_000 }
+        add("tax_lots[0].acquired_day -9000000 is outside the years 0001...9999") {
+            $0.lots[0].acquiredDay = -9_000_000
         }
         return cases
     }()

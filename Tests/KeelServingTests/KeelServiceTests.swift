@@ -397,19 +397,16 @@ struct KeelServiceTests {
             .failure?.code == .notFound)
     }
 
-    @Test("methods of later issues are UNIMPLEMENTED and say which issue")
-    func unimplemented() async throws {
+    @Test("an empty HarvestTaxLosses request is INVALID_ARGUMENT naming what is missing")
+    func emptyHarvestRequest() async throws {
         let f = try Self.fixture()
-        let cases: [(RPCMethod, String)] = [(.harvestTaxLosses, "issue 6")]
-        for (method, issue) in cases {
-            let result = await f.service.handle(method, request: [], deadline: Self.deadline())
-            guard case .failure(let status) = result else {
-                Issue.record("\(method) should fail")
-                continue
-            }
-            #expect(status.code == .unimplemented)
-            #expect(status.message.contains(issue), "\(status.message)")
+        let result = await f.service.handle(.harvestTaxLosses, request: [], deadline: Self.deadline())
+        guard case .failure(let status) = result else {
+            Issue.record("an empty request should fail")
+            return
         }
+        #expect(status.code == .invalidArgument)
+        #expect(status.message.contains("tax is missing"), "\(status.message)")
     }
 
     @Test("the shipped policy rebalances 100 instruments soundly")
