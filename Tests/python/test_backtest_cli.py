@@ -271,3 +271,46 @@ def test_train_liquidity_small(tmp_path):
     assert bad.returncode == 64
     bad = keel("train", "liquidity", "--out", tmp_path / "o", "--no-publish", "--days", "300", check=False)
     assert bad.returncode == 1 and "--days" in bad.stderr
+
+
+def synthetic_prices(path, assets=4, rows=400, seed=5):
+    """A dated prices file (one asset listing late), seeded log-normal walks."""
+    rng = np.random.default_rng(seed)
+    prices = 50 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, size=(rows, assets)), axis=0))
+    days = np.datetime64("2010-01-04") + np.arange(rows)
+    lines = ["date," + ",".join(f"S{i}" for i in range(assets))]
+    for r in range(rows):
+        cells = ["" if (i == assets - 1 and r < 60) else f"{prices[r, i]:.6f}" for i in range(assets)]
+        lines.append(f"{days[r]}," + ",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_train_tax_loss_small(tmp_path):
+    synthetic_prices(tmp_path / "p.csv")
+    p = keel("train", "tax-loss", "--data", tmp_path / "p.csv", "--models", tmp_path / "models",
+             "--out", tmp_path / "out", "--epochs", "30")
+    assert "published as" in p.stdout and "momentum" in p.stdout and "rank IC" in p.stdout
+    model = tmp_path / "models" / "tax_loss" / "1" / "model.onnx"
+    meta = json.loads(keel("model", "inspect", model, "--format", "json").stdout)["metadata"]
+    assert meta["keel.kind"] == "tax_loss"
+    assert meta["keel.features"] == "ret_5,ret_21,ret_63,ret_126,vol_21,vol_63,drawdown_126"
+    report = (tmp_path / "models" / "tax_loss" / "1" / "REPORT.md").read_text()
+    assert "Held-back test periods" in report and "p.csv" in report
+    bad = keel("train", "tax-loss", "--out", tmp_path / "o", "--no-publish", check=False)
+    assert bad.returncode == 1 and "--data" in bad.stderr
+    bad = keel("train", "tax-loss", "--data", tmp_path / "p.csv", "--out", tmp_path / "o", "--every", "0", check=False)
+    assert bad.returncode == 1 and "--every" in bad.stderr
+
+
+def test_shipped_tax_loss_model_matches_onnxruntime(tmp_path):
+    """The shipped forecaster is standard ONNX: onnxruntime and Keel's C core agree on it."""
+    ort = pytest.importorskip("onnxruntime")
+    path = REPO / "models" / "tax_loss" / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).normal(0, 0.05, size=(5, 7)).astype(np.float32)
+    (reference,) = session.run(None, {"features": x})
+    assert reference.shape == (5, 1)
+    names = "ret_5,ret_21,ret_63,ret_126,vol_21,vol_63,drawdown_126"
+    (tmp_path / "x.csv").write_text(names + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in x) + "\n")
+    ours = [float(line) for line in keel("infer", "--model", path, "--input", tmp_path / "x.csv").stdout.split()]
+    assert np.allclose(ours, reference[:, 0], atol=1e-6)

@@ -296,3 +296,47 @@ def test_publish_market_data_stream_is_capped_at_the_message_size_limit(tmp_path
             assert small.accepted == 1
     finally:
         assert s.stop() == 0
+
+
+def harvest_request(stubs):
+    """VTI at 100 with a short-term loss lot and a gain lot; ITOT is its replacement."""
+    s, p = stubs.service, stubs.portfolio
+    closes = [100 * (1.0005 ** (k - 199)) for k in range(200)]
+    r = s.HarvestTaxLossesRequest(request_id="tlh-py")
+    r.portfolio.account_id = "py-acct"
+    r.portfolio.household_id = "py-house"
+    h = r.portfolio.holdings.add(instrument_id="VTI", quantity=15)
+    h.lots.add(lot_id="L1", quantity=10, acquired_on="2026-01-05", cost_per_share=120)
+    h.lots.add(lot_id="L2", quantity=5, acquired_on="2024-03-01", cost_per_share=90)
+    vti = r.instruments.add(id="VTI", price=100, replacement_for_tax="ITOT")
+    vti.price_history.extend(p.PricePoint(price=c) for c in closes)
+    itot = r.instruments.add(id="ITOT", price=50)
+    itot.price_history.extend(p.PricePoint(price=c / 2) for c in closes)
+    r.tax.short_term_rate = 0.37
+    r.tax.long_term_rate = 0.2
+    r.tax.trade_date = "2026-11-20"
+    return r
+
+
+def test_harvest_tax_losses(server, stubs):
+    """HarvestTaxLosses through grpcio with the shipped tax-loss forecaster."""
+    with channel(server) as ch:
+        stub = stubs.service_grpc.RebalancerStub(ch)
+        resp = stub.HarvestTaxLosses(harvest_request(stubs), timeout=5)
+        assert resp.request_id == "tlh-py"
+        assert resp.model.name == "tax_loss" and len(resp.model.sha256) == 64
+        (p,) = resp.proposals
+        assert p.instrument_id == "VTI" and list(p.lot_ids) == ["L1"] and p.quantity == 10
+        assert p.realised_loss == pytest.approx(200) and not p.long_term
+        assert p.estimated_tax_saving == pytest.approx(74)
+        assert p.replacement_instrument_id == "ITOT" and p.replacement_quantity == 20
+        assert p.wash_sale_window_end == "2026-12-20"
+        # tax saving 7.4 % of the proceeds, plus the forecast spread of two identical-shaped series
+        assert p.forecaster_score == pytest.approx(0.074, abs=1e-3)
+        # bad input names the field
+        bad = harvest_request(stubs)
+        bad.portfolio.holdings[0].lots[0].quantity = -1
+        with pytest.raises(grpc.RpcError) as e:
+            stub.HarvestTaxLosses(bad, timeout=5)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "portfolio.holdings[0].lots[0].quantity" in e.value.details()
