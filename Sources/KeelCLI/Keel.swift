@@ -34,7 +34,7 @@ struct Keel: AsyncParsableCommand {
             """,
         version: "keel \(KeelCore.version)",
         subcommands: [ModelCommand.self, Infer.self, ServeCommand.self, CallCommand.self, BenchCommand.self, AuditCommand.self,
-                      BacktestCommand.self, TrainCommand.self]
+                      BacktestCommand.self, TaxAlphaCommand.self, TrainCommand.self]
     )
 }
 
