@@ -6,7 +6,7 @@
 //   <- KeelInference (the only Swift module that imports C)
 //   KeelPortfolio (pure domain: features, risk, constraints, orders, approvals)
 //   KeelAudit (hash-chained audit log in SQLite through GRDB)
-//   KeelResearch (backtester, stress, reports, training; KeelPortfolio + KeelInference)
+//   KeelResearch (backtester, stress, reports, training, tax alpha; KeelPortfolio + KeelInference)
 //   <- KeelServing (model repository, handlers; no NIO/gRPC; messages from KeelAPI)
 //   <- KeelFramedTransport (SwiftNIO), KeelServer (gRPC + composition), KeelClient
 //   <- KeelCLI (`keel`).

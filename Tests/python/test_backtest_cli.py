@@ -314,3 +314,23 @@ def test_shipped_tax_loss_model_matches_onnxruntime(tmp_path):
     (tmp_path / "x.csv").write_text(names + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in x) + "\n")
     ours = [float(line) for line in keel("infer", "--model", path, "--input", tmp_path / "x.csv").stdout.split()]
     assert np.allclose(ours, reference[:, 0], atol=1e-6)
+
+
+def test_tax_alpha_cli(tmp_path):
+    synthetic_prices(tmp_path / "p.csv", assets=6, rows=900, seed=9)
+    doc = json.loads(keel("tax-alpha", "--data", tmp_path / "p.csv", "--format", "json").stdout)
+    assert doc["wash_sale_violations"] == 0 and doc["harvests"] > 0
+    assert doc["contributed"] == 100_000 + 1_000 * 29   # 2010-01-04 .. 2012-06-21: 29 new months
+    assert doc["losses_harvested"]["short_term"] > 0
+    assert doc["after_tax_value"]["harvesting"] > 0 and doc["after_tax_value"]["baseline"] > 0
+    assert doc["tax_alpha"] == pytest.approx((doc["after_tax_value"]["harvesting"] / doc["after_tax_value"]["baseline"])
+                                             ** (1 / doc["years"]) - 1)
+    table = keel("tax-alpha", "--data", tmp_path / "p.csv", "--unlimited-outside-gains").stdout
+    assert "tax alpha:" in table and "wash-sale violations (independent audit of the trade log): 0" in table
+    bad = keel("tax-alpha", "--data", tmp_path / "p.csv", "--short-term-rate", "2", check=False)
+    assert bad.returncode == 1 and "--short-term-rate must be within 0...1" in bad.stderr
+    bad = keel("tax-alpha", "--data", tmp_path / "p.csv", "--from", "2031-01-01", check=False)
+    assert bad.returncode == 1 and "--from '2031-01-01'" in bad.stderr
+    (tmp_path / "r.csv").write_text("A,B\n1.0,1.1\n1.2,0.9\n")
+    bad = keel("tax-alpha", "--data", tmp_path / "r.csv", check=False)
+    assert bad.returncode == 1 and "needs dated prices" in bad.stderr
