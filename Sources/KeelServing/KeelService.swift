@@ -786,6 +786,8 @@ public final class KeelService: RequestHandler {
         return response
     }
 
+    // MARK: - Liquidity
+
     private func performForecastLiquidity(_ request: Keel_V1_ForecastLiquidityRequest) throws(RPCStatus)
         -> Keel_V1_ForecastLiquidityResponse
     {
