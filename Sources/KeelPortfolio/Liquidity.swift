@@ -135,6 +135,14 @@ public enum CivilDay {
 /// | `mean_30`, `mean_abs_30` | mean and mean absolute flow of the last 30 days |
 /// | `sd_same_weekday` | standard deviation of the flows on d's weekday over the last 8 weeks |
 /// | `mean_same_day_quarter` | mean flow on the same day of the month in the quarter months of the last 12 months, times `quarter_month` |
+/// Why a forecaster's `keel.features` are not `expected`, or nil.
+func featureMismatch(_ modelFeatures: [String], expected: [String], kind: String, family: String) -> String? {
+    if modelFeatures == expected { return nil }
+    return "a \(kind) model's keel.features must be Keel's \(family) features (\(expected.joined(separator: ","))); "
+        + "this one has \(modelFeatures.count): \(modelFeatures.prefix(6).joined(separator: ","))"
+        + (modelFeatures.count > 6 ? ",..." : "")
+}
+
 public enum LiquidityFeatures {
     public static let names: [String] = [
         "horizon", "business_day", "weekday_0", "weekday_1", "weekday_2", "weekday_3", "weekday_4",
@@ -147,10 +155,7 @@ public enum LiquidityFeatures {
 
     /// Why `modelFeatures` cannot be served by a liquidity model, or nil.
     public static func mismatch(_ modelFeatures: [String]) -> String? {
-        if modelFeatures == names { return nil }
-        return "a liquidity model's keel.features must be Keel's liquidity features (\(names.joined(separator: ","))); "
-            + "this one has \(modelFeatures.count): \(modelFeatures.prefix(6).joined(separator: ","))"
-            + (modelFeatures.count > 6 ? ",..." : "")
+        featureMismatch(modelFeatures, expected: names, kind: "liquidity", family: "liquidity")
     }
 
     /// The scale of an account's flows: mean absolute daily flow over the

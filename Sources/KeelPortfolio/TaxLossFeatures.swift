@@ -29,10 +29,7 @@ public enum TaxLossFeatures {
 
     /// Why `modelFeatures` cannot be served by a tax-loss model, or nil.
     public static func mismatch(_ modelFeatures: [String]) -> String? {
-        if modelFeatures == names { return nil }
-        return "a tax_loss model's keel.features must be Keel's tax-loss features (\(names.joined(separator: ","))); "
-            + "this one has \(modelFeatures.count): \(modelFeatures.prefix(6).joined(separator: ","))"
-            + (modelFeatures.count > 6 ? ",..." : "")
+        featureMismatch(modelFeatures, expected: names, kind: "tax_loss", family: "tax-loss")
     }
 
     /// The row for the series ending at `prices[end]` (inclusive), appended

@@ -644,8 +644,8 @@ public final class KeelService: RequestHandler {
         for m in input.instruments { price[m.id] = m.price }
         for m in input.instruments {
             guard let harvestDay = blockedSince[m.id] else { continue }
-            var replacement = replacements[m.id]?.first
-            if let r = replacement, blockedSince[r] != nil || price[r] == nil { replacement = nil }
+            // The first candidate that is not blocked itself.
+            let replacement = replacements[m.id]?.first { blockedSince[$0] == nil && price[$0] != nil }
             plan.blocked[m.id] = (harvestDay, replacement)
             input.mandate.blockedPurchases.insert(m.id)
             var note = "\(m.id) is not bought until \(CivilDay.iso(harvestDay + 31)) (wash-sale window after the "

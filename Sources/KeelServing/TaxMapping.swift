@@ -145,23 +145,34 @@ public enum TaxMapping {
         return groups.keys.sorted().map { groups[$0]! }
     }
 
+    /// Replacement candidates per instrument, in order of preference:
+    /// `replacement_for_tax`, then `replacement_candidates`.
     static func replacements(_ instruments: [Keel_V1_Instrument]) -> [String: [String]] {
         var out: [String: [String]] = [:]
-        for m in instruments where !m.replacementForTax.isEmpty { out[m.id] = [m.replacementForTax] }
+        for m in instruments {
+            var list: [String] = []
+            for id in [m.replacementForTax] + m.replacementCandidates where !id.isEmpty && !list.contains(id) {
+                list.append(id)
+            }
+            if !list.isEmpty { out[m.id] = list }
+        }
         return out
     }
 
-    /// Checks that every `replacement_for_tax` names an instrument of the
-    /// request other than itself.
+    /// Checks that every replacement names an instrument of the request
+    /// other than itself.
     static func checkReplacements(_ instruments: [Keel_V1_Instrument]) throws(RPCStatus) {
         let ids = Set(instruments.map(\.id))
-        for (k, m) in instruments.enumerated() where !m.replacementForTax.isEmpty {
-            guard ids.contains(m.replacementForTax) else {
-                throw RPCStatus(.invalidArgument, "instruments[\(k)].replacement_for_tax '\(m.replacementForTax)' "
-                    + "is not among the request's instruments")
-            }
-            guard m.replacementForTax != m.id else {
-                throw RPCStatus(.invalidArgument, "instruments[\(k)].replacement_for_tax names the instrument itself")
+        for (k, m) in instruments.enumerated() {
+            let named = [("replacement_for_tax", m.replacementForTax)]
+                + m.replacementCandidates.enumerated().map { ("replacement_candidates[\($0.offset)]", $0.element) }
+            for (field, id) in named where !id.isEmpty || field != "replacement_for_tax" {
+                guard ids.contains(id) else {
+                    throw RPCStatus(.invalidArgument, "instruments[\(k)].\(field) '\(id)' is not among the request's instruments")
+                }
+                guard id != m.id else {
+                    throw RPCStatus(.invalidArgument, "instruments[\(k)].\(field) names the instrument itself")
+                }
             }
         }
     }

@@ -135,10 +135,20 @@ struct TaxServiceTests {
         #expect(try await Self.harvest(f, request).get().proposals.count == 1)
     }
 
+    @Test func theFirstUsableCandidateIsTheReplacement() async throws {
+        let f = try Self.fixture()
+        var request = Self.request()
+        // ITOT is substantially identical to VTI, so it cannot replace it: SCHB can.
+        request.instruments[0].replacementForTax = "ITOT"
+        request.instruments[0].replacementCandidates = ["SCHB"]
+        let p = try #require(try await Self.harvest(f, request).get().proposals.first)
+        #expect(p.replacementInstrumentID == "SCHB" && p.replacementQuantity == 20)
+    }
+
     enum Bad: String, CaseIterable {
         case noTax, noLots, negativeQuantity, lotsDoNotAddUp, duplicateLotID, badAcquiredOn, acquiredAfterTrade,
              unknownHolding, badRate, badMinHarvest, unknownSpecificLot, unsetSide, tradesOutOfOrder, tradeAfter,
-             unknownReplacement, badTradeDate, badPrice, badHistory
+             unknownReplacement, unknownCandidate, badTradeDate, badPrice, badHistory
 
         func apply(_ r: inout Keel_V1_HarvestTaxLossesRequest) -> String {
             switch self {
@@ -183,6 +193,9 @@ struct TaxServiceTests {
             case .unknownReplacement:
                 r.instruments[0].replacementForTax = "NOPE"
                 return "instruments[0].replacement_for_tax 'NOPE' is not among the request's instruments"
+            case .unknownCandidate:
+                r.instruments[0].replacementCandidates = ["SCHB", "NOPE"]
+                return "instruments[0].replacement_candidates[1] 'NOPE' is not among the request's instruments"
             case .badTradeDate: r.tax.tradeDate = "20261120"; return "tax.trade_date '20261120' is not a date"
             case .badPrice: r.instruments[1].price = -3; return "instruments[1].price -3.0 is not a finite number > 0"
             case .badHistory:

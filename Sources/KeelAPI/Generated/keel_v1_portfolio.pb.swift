@@ -403,6 +403,9 @@ public nonisolated struct Keel_V1_Instrument: Sendable {
   /// instruments in one group are substantially identical
   public var substantiallyIdenticalGroup: String = String()
 
+  /// more replacements, in order of preference, after replacement_for_tax
+  public var replacementCandidates: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -765,7 +768,7 @@ nonisolated extension Keel_V1_PricePoint: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Keel_V1_Instrument: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Instrument"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}price\0\u{1}sector\0\u{3}asset_class\0\u{3}esg_score\0\u{3}lot_size\0\u{3}required_knowledge\0\u{3}half_spread_bps\0\u{3}average_daily_volume\0\u{3}price_history\0\u{3}replacement_for_tax\0\u{3}substantially_identical_group\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}price\0\u{1}sector\0\u{3}asset_class\0\u{3}esg_score\0\u{3}lot_size\0\u{3}required_knowledge\0\u{3}half_spread_bps\0\u{3}average_daily_volume\0\u{3}price_history\0\u{3}replacement_for_tax\0\u{3}substantially_identical_group\0\u{3}replacement_candidates\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -785,6 +788,7 @@ nonisolated extension Keel_V1_Instrument: SwiftProtobuf.Message, SwiftProtobuf._
       case 10: try { try decoder.decodeRepeatedMessageField(value: &self.priceHistory) }()
       case 11: try { try decoder.decodeSingularStringField(value: &self.replacementForTax) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.substantiallyIdenticalGroup) }()
+      case 13: try { try decoder.decodeRepeatedStringField(value: &self.replacementCandidates) }()
       default: break
       }
     }
@@ -831,6 +835,9 @@ nonisolated extension Keel_V1_Instrument: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.substantiallyIdenticalGroup.isEmpty {
       try visitor.visitSingularStringField(value: self.substantiallyIdenticalGroup, fieldNumber: 12)
     }
+    if !self.replacementCandidates.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.replacementCandidates, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -847,6 +854,7 @@ nonisolated extension Keel_V1_Instrument: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.priceHistory != rhs.priceHistory {return false}
     if lhs.replacementForTax != rhs.replacementForTax {return false}
     if lhs.substantiallyIdenticalGroup != rhs.substantiallyIdenticalGroup {return false}
+    if lhs.replacementCandidates != rhs.replacementCandidates {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -111,7 +111,7 @@ class PricePoint(_message.Message):
     def __init__(self, time_unix_nanos: _Optional[int] = ..., price: _Optional[float] = ...) -> None: ...
 
 class Instrument(_message.Message):
-    __slots__ = ("id", "price", "sector", "asset_class", "esg_score", "lot_size", "required_knowledge", "half_spread_bps", "average_daily_volume", "price_history", "replacement_for_tax", "substantially_identical_group")
+    __slots__ = ("id", "price", "sector", "asset_class", "esg_score", "lot_size", "required_knowledge", "half_spread_bps", "average_daily_volume", "price_history", "replacement_for_tax", "substantially_identical_group", "replacement_candidates")
     ID_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     SECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class Instrument(_message.Message):
     PRICE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     REPLACEMENT_FOR_TAX_FIELD_NUMBER: _ClassVar[int]
     SUBSTANTIALLY_IDENTICAL_GROUP_FIELD_NUMBER: _ClassVar[int]
+    REPLACEMENT_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     id: str
     price: float
     sector: str
@@ -136,7 +137,8 @@ class Instrument(_message.Message):
     price_history: _containers.RepeatedCompositeFieldContainer[PricePoint]
     replacement_for_tax: str
     substantially_identical_group: str
-    def __init__(self, id: _Optional[str] = ..., price: _Optional[float] = ..., sector: _Optional[str] = ..., asset_class: _Optional[_Union[AssetClass, str]] = ..., esg_score: _Optional[float] = ..., lot_size: _Optional[float] = ..., required_knowledge: _Optional[_Union[KnowledgeLevel, str]] = ..., half_spread_bps: _Optional[float] = ..., average_daily_volume: _Optional[float] = ..., price_history: _Optional[_Iterable[_Union[PricePoint, _Mapping]]] = ..., replacement_for_tax: _Optional[str] = ..., substantially_identical_group: _Optional[str] = ...) -> None: ...
+    replacement_candidates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., price: _Optional[float] = ..., sector: _Optional[str] = ..., asset_class: _Optional[_Union[AssetClass, str]] = ..., esg_score: _Optional[float] = ..., lot_size: _Optional[float] = ..., required_knowledge: _Optional[_Union[KnowledgeLevel, str]] = ..., half_spread_bps: _Optional[float] = ..., average_daily_volume: _Optional[float] = ..., price_history: _Optional[_Iterable[_Union[PricePoint, _Mapping]]] = ..., replacement_for_tax: _Optional[str] = ..., substantially_identical_group: _Optional[str] = ..., replacement_candidates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaxLot(_message.Message):
     __slots__ = ("lot_id", "quantity", "acquired_on", "cost_per_share")
