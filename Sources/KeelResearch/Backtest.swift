@@ -119,9 +119,13 @@ public enum Backtester {
             throw ResearchError(.invalidArgument, "window rows \(window) is outside the data's 0...\(data.rows - 1) "
                 + "or shorter than two rows")
         }
-        let start = window.lowerBound, end = window.upperBound
-        guard (0..<m).contains(where: { data.firstRow[$0] <= start }) else {
-            throw ResearchError(.invalidArgument, "no asset of \(data.name) is listed at row \(start)")
+        // A window that opens before any asset lists starts at the first
+        // listing (the result's firstRow says where).
+        let firstListing = data.firstRow.min() ?? data.rows
+        let start = max(window.lowerBound, firstListing), end = window.upperBound
+        guard start < end else {
+            throw ResearchError(.invalidArgument, "no asset of \(data.name) is listed before the window's last row "
+                + "\(end) (the first listing is at row \(firstListing))")
         }
         let c = options.costBps / 10_000
         var book = BookState(quantity: [Double](repeating: 0, count: m), cash: 0)

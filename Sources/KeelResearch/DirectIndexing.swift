@@ -110,27 +110,27 @@ public enum DirectIndexing {
             days.append(d)
         }
         let to = min(config.toRow ?? data.rows - 1, data.rows - 1)
-        guard config.fromRow >= 0, config.fromRow < to else {
-            throw ResearchError(.invalidArgument, "the window rows \(config.fromRow)...\(to) hold fewer than two rows")
-        }
-        guard (0..<data.assetCount).contains(where: { data.isListed($0, atRow: config.fromRow) }) else {
-            throw ResearchError(.invalidData, "\(data.name): no asset has a price at row \(config.fromRow)")
+        // The account opens at the window's first row with a listed asset.
+        let from = max(config.fromRow, data.firstRow.min() ?? data.rows)
+        guard config.fromRow >= 0, from < to else {
+            throw ResearchError(.invalidArgument, "the window rows \(config.fromRow)...\(to) hold fewer than two "
+                + "rows with a listed asset")
         }
         var base = Account(data: data, days: days, config: config, harvesting: false)
         var tlh = Account(data: data, days: days, config: config, harvesting: true)
         var differences: [Double] = []
-        differences.reserveCapacity(to - config.fromRow)
-        for r in config.fromRow...to {
+        differences.reserveCapacity(to - from)
+        for r in from...to {
             let a = try base.step(r), b = try tlh.step(r)
-            if r > config.fromRow { differences.append(b - a) }
+            if r > from { differences.append(b - a) }
         }
         let afterBase = base.liquidate(to), afterTLH = tlh.liquidate(to)
-        let years = Double(days[to] - days[config.fromRow]) / 365.25
+        let years = Double(days[to] - days[from]) / 365.25
         let mean = differences.reduce(0, +) / Double(max(1, differences.count))
         let variance = differences.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(max(1, differences.count - 1))
         let rates = tlh.savings.map { $0.saving / max(1e-9, $0.meanValue) }
         return DirectIndexingResult(
-            dataset: data.name, firstDate: dates[config.fromRow], lastDate: dates[to], years: years,
+            dataset: data.name, firstDate: dates[from], lastDate: dates[to], years: years,
             contributed: tlh.contributed, finalValue: (base.value(to), tlh.value(to)),
             afterTaxValue: (afterBase, afterTLH), taxAlpha: pow(afterTLH / afterBase, 1 / years) - 1,
             preTaxDifference: pow(tlh.value(to) / base.value(to), 1 / years) - 1,

@@ -102,6 +102,22 @@ struct DirectIndexingTests {
         #expect(r.trackingError > 0 && r.trackingError < 0.2)
     }
 
+    /// Nothing is listed for the first 10 rows: both the account and a
+    /// backtest open at the first listing.
+    @Test func windowsOpenAtTheFirstListing() throws {
+        let a = (0..<100).map { $0 < 10 ? Double.nan : 100 + Double($0) }
+        let b = (0..<100).map { $0 < 20 ? Double.nan : 50 + Double($0) }
+        let d = try Self.data([a, b])
+        let r = try DirectIndexing.run(d, config: Self.config())
+        #expect(r.firstDate == CivilDay.iso(CivilDay.parse("2021-01-04")! + 10))
+        var ucrp = CalendarRebalance(every: 1)
+        let bt = try Backtester.run(&ucrp, data: d)
+        #expect(bt.firstRow == 10 && bt.lastRow == 99)
+        var late = DirectIndexingConfig()
+        late.fromRow = 99
+        #expect(throws: ResearchError.self) { try DirectIndexing.run(d, config: late) }
+    }
+
     @Test func theAuditFindsAConstructedViolation() {
         let sales: [(asset: Int, day: Int, lots: Set<Int>)] = [(0, 100, [1]), (1, 100, [2])]
         let purchases: [(asset: Int, day: Int, lot: Int)] = [(0, 60, 1), (0, 125, 7), (1, 60, 2), (1, 131, 8)]
@@ -127,7 +143,7 @@ struct DirectIndexingTests {
         }
         c = DirectIndexingConfig()
         c.fromRow = 2
-        #expect(throws: ResearchError(.invalidArgument, "the window rows 2...2 hold fewer than two rows")) {
+        #expect(throws: ResearchError(.invalidArgument, "the window rows 2...2 hold fewer than two rows with a listed asset")) {
             try DirectIndexing.run(d, config: c)
         }
     }
