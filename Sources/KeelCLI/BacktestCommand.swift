@@ -72,7 +72,7 @@ struct BacktestCommand: ParsableCommand {
         guard !strategies.isEmpty else {
             throw ValidationError("name at least one --strategy (\(StrategySpec.usage))")
         }
-        guard `repeat` >= 1 else { throw ValidationError("--repeat must be >= 1") }
+        guard (1...10_000).contains(`repeat`) else { throw ValidationError("--repeat must be within 1...10000") }
         guard (1...7).contains(riskTolerance) else { throw ValidationError("--risk-tolerance must be within 1...7") }
         guard historyDays >= 2 else { throw ValidationError("--history-days must be >= 2") }
         do {

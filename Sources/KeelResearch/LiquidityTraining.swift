@@ -29,8 +29,9 @@ public struct LiquidityTrainingConfig: Sendable, Equatable, Codable {
         try need(accounts >= 2 && accounts <= 10_000, "--accounts must be within 2...10000")
         try need(evaluationAccounts >= 2 && evaluationAccounts <= 10_000, "--evaluation-accounts must be within 2...10000")
         try need(warmup >= 180, "--warmup must be at least 180 days (the features look back 6 months)")
-        try need(days >= warmup + 2 * LiquidityFeatures.maxHorizon, "--days must exceed the warm-up by two horizons")
-        try need(originEvery >= 1, "--origin-every must be >= 1")
+        try need(days >= warmup + 2 * LiquidityFeatures.maxHorizon && days <= 40 * 366,
+                 "--days must exceed the warm-up by two horizons and be at most 40 years (14640)")
+        try need(originEvery >= 1 && originEvery <= days, "--origin-every must be within 1...--days")
         try need((1...LiquidityFeatures.maxHorizon).contains(horizon), "--horizon must be within 1...90")
         try need(epochs >= 1 && epochs <= 100_000, "--epochs must be within 1...100000")
         try need(learningRate > 0 && learningRate.isFinite, "--learning-rate must be > 0")

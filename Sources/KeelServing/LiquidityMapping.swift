@@ -7,6 +7,9 @@ import KeelPortfolio
 /// rows, and the path with its recommended cash buffer (docs/LIQUIDITY.md).
 public enum LiquidityMapping {
     public static let defaultConfidence = 0.95
+    /// The largest cash flow accepted, in either direction: sums of up to
+    /// 20 years of such flows stay finite.
+    public static let maxAmount = 1e15
 
     /// A validated context: daily net flows up to the origin, the scheduled
     /// flows per forecast day, the horizon and the confidence.
@@ -41,7 +44,9 @@ public enum LiquidityMapping {
             guard let day = CivilDay.parse(flow.date) else {
                 throw bad("\(field).history[\(k)].date '\(flow.date)' is not a date of the form YYYY-MM-DD")
             }
-            guard flow.amount.isFinite else { throw bad("\(field).history[\(k)].amount \(flow.amount) is not finite") }
+            guard flow.amount.isFinite, abs(flow.amount) <= maxAmount else {
+                throw bad("\(field).history[\(k)].amount \(flow.amount) is not a finite amount within ±1e15")
+            }
             if let last = days.last, day < last {
                 throw bad("\(field).history[\(k)].date \(flow.date) comes before the previous flow's "
                     + "\(CivilDay.iso(last)) (history must be oldest first)")
@@ -60,7 +65,9 @@ public enum LiquidityMapping {
             guard let day = CivilDay.parse(flow.date) else {
                 throw bad("\(field).scheduled[\(k)].date '\(flow.date)' is not a date of the form YYYY-MM-DD")
             }
-            guard flow.amount.isFinite else { throw bad("\(field).scheduled[\(k)].amount \(flow.amount) is not finite") }
+            guard flow.amount.isFinite, abs(flow.amount) <= maxAmount else {
+                throw bad("\(field).scheduled[\(k)].amount \(flow.amount) is not a finite amount within ±1e15")
+            }
             guard day > origin else {
                 throw bad("\(field).scheduled[\(k)].date \(flow.date) is not after the last history day "
                     + "\(CivilDay.iso(origin))")

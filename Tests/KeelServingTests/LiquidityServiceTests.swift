@@ -78,7 +78,7 @@ struct LiquidityServiceTests {
 
     enum Bad: String, CaseIterable {
         case emptyHistory, horizonZero, horizonTooLong, badDate, outOfOrder, scheduledBeforeOrigin, badConfidence,
-             infiniteAmount
+             infiniteAmount, hugeAmount
 
         func apply(_ c: inout Keel_V1_LiquidityContext) -> String {
             switch self {
@@ -95,6 +95,9 @@ struct LiquidityServiceTests {
                 return "liquidity.scheduled[0].date 2025-02-01 is not after"
             case .badConfidence: c.confidence = 1.5; return "liquidity.confidence 1.5"
             case .infiniteAmount: c.history[2].amount = .infinity; return "liquidity.history[2].amount"
+            case .hugeAmount:
+                c.history[4].amount = 1e16
+                return "liquidity.history[4].amount 1e+16 is not a finite amount within ±1e15"
             }
         }
     }
