@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KeelPortfolio
 
 /// Daily market data for backtests and training, read from a CSV file in
 /// one of two forms (docs/BACKTEST.md):
@@ -270,16 +271,34 @@ public struct MarketData: Sendable {
         let periods = values.count / m
         var prices = [Double](repeating: 1, count: (periods + 1) * m)
         for t in 0..<periods {
-            for i in 0..<m { prices[(t + 1) * m + i] = prices[t * m + i] * values[t * m + i] }
+            for i in 0..<m {
+                let p = prices[t * m + i] * values[t * m + i]
+                guard p.isFinite, p > 0 else {
+                    throw ResearchError(.invalidData, "\(name): data row \(t + 1): the cumulative price of "
+                        + "'\(assets[i])' leaves the range of a double (\(p)); the relatives overflow or underflow")
+                }
+                prices[(t + 1) * m + i] = p
+            }
         }
         var dates: [String]? = nil
         if let datesBytes {
             var dr = LineReader(datesBytes)
             _ = dr.next()
             var list = ["start"]
+            var previous: Int? = nil
             while let line = dr.next() {
                 let cells = splitCells(datesBytes, line.range)
-                list.append(cells.first.map { cellText(datesBytes, $0) } ?? "")
+                let text = cells.first.map { cellText(datesBytes, $0) } ?? ""
+                guard let day = CivilDay.parse(text) else {
+                    throw ResearchError(.invalidData, "\(datesName): line \(line.line): '\(text)' is not a date "
+                        + "of the form YYYY-MM-DD")
+                }
+                if let previous, day <= previous {
+                    throw ResearchError(.invalidData, "\(datesName): line \(line.line): \(text) is not after the "
+                        + "previous date")
+                }
+                previous = day
+                list.append(text)
             }
             guard list.count == periods + 1 else {
                 throw ResearchError(.invalidData, "\(datesName): \(list.count - 1) dates, but \(name) has \(periods) rows")
@@ -292,13 +311,8 @@ public struct MarketData: Sendable {
                           sha256: hash.finalize().map { String(format: "%02x", $0) }.joined())
     }
 
-    /// A date of the form YYYY-MM-DD.
-    static func isISODate(_ s: String) -> Bool {
-        let u = Array(s.utf8)
-        guard u.count == 10, u[4] == UInt8(ascii: "-"), u[7] == UInt8(ascii: "-") else { return false }
-        for k in [0, 1, 2, 3, 5, 6, 8, 9] where !(u[k] >= 48 && u[k] <= 57) { return false }
-        return true
-    }
+    /// A date of the form YYYY-MM-DD that exists.
+    static func isISODate(_ s: String) -> Bool { CivilDay.parse(s) != nil }
 }
 
 // MARK: - Byte-level CSV scanning (fast: NYSE(O)'s 200,000 cells in a few ms)

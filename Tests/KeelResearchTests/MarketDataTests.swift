@@ -50,6 +50,9 @@ struct MarketDataTests {
         ("date\n2020-01-01\n", "names a date column but no assets"),
         ("date,a\n2020-01-02,1\n2020-01-01,1\n", "line 3: column 1 (date): 2020-01-01 does not come after"),
         ("date,a\n2020/01/02,1\n", "'2020/01/02' is not a date of the form YYYY-MM-DD"),
+        ("date,a\n2020-02-30,1\n2020-03-01,1\n", "'2020-02-30' is not a date of the form YYYY-MM-DD"),
+        ("a\n1e200\n1e200\n", "data row 2: the cumulative price of 'a' leaves the range of a double"),
+        ("a\n1e-200\n1e-200\n", "data row 2: the cumulative price of 'a' leaves the range of a double"),
         ("date,a\n2020-01-01,1\n", "one price row"),
         ("date,a,b\n2020-01-01,1,2\n2020-01-02,1,\n2020-01-03,1,2\n", "line 3: column 3 ('b') is empty after the asset's first price"),
         ("date,a,b\n2020-01-01,1,\n2020-01-02,1,\n", "asset 'b' has no price at all"),
@@ -94,6 +97,21 @@ struct MarketDataTests {
         #expect(data.row(onOrAfter: "1900-01-01") == 1)
         #expect(data.row(onOrAfter: "2000-01-01") == nil)
         #expect(data.name == "x.csv")
+    }
+
+    @Test(arguments: [
+        ("date\n1999-01-04\n1999-02-31\n", "x_dates.csv: line 3: '1999-02-31' is not a date of the form YYYY-MM-DD"),
+        ("date\n1999-01-05\n1999-01-04\n", "x_dates.csv: line 3: 1999-01-04 is not after the previous date"),
+        ("date\n1999-01-04\n", "x_dates.csv: 1 dates, but x.csv has 2 rows"),
+    ])
+    func aBadDatesFileIsAClearError(dates: String, expected: String) {
+        do {
+            _ = try MarketData.parse(Array("a\n1.1\n0.9\n".utf8), name: "x.csv", dates: Array(dates.utf8),
+                                     datesName: "x_dates.csv")
+            Issue.record("accepted: \(dates.debugDescription)")
+        } catch {
+            #expect(error.message == expected)
+        }
     }
 
     /// The fast decimal path agrees with the standard library's parser.
