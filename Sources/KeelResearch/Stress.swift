@@ -45,14 +45,22 @@ public struct StressScenario: Sendable, Equatable, CustomStringConvertible {
             let w = window ?? 0...(data.rows - 1)
             return (w.lowerBound + w.upperBound) / 2
         }
-        if let r = Int(at) {
-            guard r >= 0, r < data.periods else {
-                throw ResearchError(.invalidArgument, "stress \(self): row \(r) is outside 0..<\(data.periods)")
+        let r: Int
+        if let row = Int(at) {
+            guard row >= 0, row < data.periods else {
+                throw ResearchError(.invalidArgument, "stress \(self): row \(row) is outside 0..<\(data.periods)")
             }
-            return r
+            r = row
+        } else {
+            guard let row = data.row(onOrAfter: at), row < data.periods else {
+                throw ResearchError(.invalidArgument, "stress \(self): \(data.name) has no row on or after '\(at)'")
+            }
+            r = row
         }
-        guard let r = data.row(onOrAfter: at), r < data.periods else {
-            throw ResearchError(.invalidArgument, "stress \(self): \(data.name) has no row on or after '\(at)'")
+        // The event must fall inside the backtest window, or it has nothing to show.
+        if let window, !(window.lowerBound..<window.upperBound).contains(r) {
+            throw ResearchError(.invalidArgument, "stress \(self): row \(r) is outside the backtest window "
+                + "\(window.lowerBound)..<\(window.upperBound) (set --from/--to to include it)")
         }
         return r
     }

@@ -116,6 +116,8 @@ def test_malformed_data_is_a_clear_error(tmp_path, content, expected):
     (["--strategy", "ucrp", "--cost-bps=-3"], 1, "--cost-bps"),
     (["--strategy", "ucrp", "--from", "300", "--to", "100"], 1, "needs at least two rows"),
     (["--strategy", "ucrp", "--stress", "meteor"], 1, "unknown scenario"),
+    (["--strategy", "ucrp", "--from", "100", "--to", "200", "--stress", "crash@250"], 1,
+     "row 250 is outside the backtest window 100..<200"),
     ([], 64, "--strategy"),
 ])
 def test_bad_arguments(tmp_path, args, code, expected):
