@@ -130,6 +130,16 @@ public enum Backtester {
         let c = options.costBps / 10_000
         var book = BookState(quantity: [Double](repeating: 0, count: m), cash: 0)
         let initial = try strategy.initialWeights(data, start: start, end: end)
+        guard initial.count == m else {
+            throw ResearchError(.invalidArgument, "\(strategy.name): \(initial.count) initial weights for \(m) assets")
+        }
+        if let k = initial.firstIndex(where: { !($0 >= 0 && $0.isFinite) }) {
+            throw ResearchError(.invalidArgument, "\(strategy.name): initial weight \(initial[k]) of '\(data.assets[k])' "
+                + "is not a finite number >= 0")
+        }
+        guard initial.reduce(0, +) <= 1 + 1e-9 else {
+            throw ResearchError(.invalidArgument, "\(strategy.name): initial weights sum to \(initial.reduce(0, +)) > 1")
+        }
         let capital = options.capital
         var invested = 0.0
         for i in 0..<m where initial[i] > 0 {

@@ -51,6 +51,9 @@ public struct PolicyStrategy<Scorer: PolicyScorer>: Strategy {
     public mutating func decide(_ data: MarketData, row: Int, first: Int, book: BookState) throws(ResearchError)
         -> Decision
     {
+        guard (2...100_000).contains(settings.historyDays) else {
+            throw ResearchError(.invalidArgument, "\(name): historyDays \(settings.historyDays) is outside 2...100000")
+        }
         let input = request(data, row: row, book: book)
         let decision: RebalanceDecision
         do {

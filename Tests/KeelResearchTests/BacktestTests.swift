@@ -266,4 +266,38 @@ struct StressTests {
         #expect(throws: ResearchError.self) { try StressScenario.parse("crash@2001-01-01").apply(to: data) }
         #expect(try StressScenario.parse("crash").row(in: data, window: 10...30) == 20)
     }
+
+    /// A strategy whose initial weights do not fit the data.
+    struct BadStart: Strategy {
+        let weights: [Double]
+        var name: String { "bad" }
+        func initialWeights(_ data: MarketData, start: Int, end: Int) -> [Double] { weights }
+        func decide(_ data: MarketData, row: Int, first: Int, book: BookState) -> Decision { .hold }
+    }
+
+    @Test(arguments: [
+        ([0.5, 0.5], "bad: 2 initial weights for 5 assets"),
+        ([0.2, 0.2, .nan, 0.2, 0.2], "bad: initial weight nan of"),
+        ([0.2, 0.2, -0.1, 0.2, 0.2], "is not a finite number >= 0"),
+        ([0.5, 0.5, 0.5, 0, 0], "bad: initial weights sum to 1.5 > 1"),
+    ])
+    func badInitialWeightsAreAnError(weights: [Double], expected: String) throws {
+        let data = try Synthetic.data()
+        var strategy = BadStart(weights: weights)
+        do {
+            _ = try Backtester.run(&strategy, data: data)
+            Issue.record("accepted \(weights)")
+        } catch {
+            #expect(error.message.contains(expected), "\(error.message)")
+        }
+    }
+
+    @Test func aPolicyWithoutHistoryDaysIsAnError() throws {
+        var settings = PolicySettings()
+        settings.historyDays = 0
+        var strategy = PolicyStrategy(name: "p", scorer: LinearScorer.reversal, costBps: 10, settings: settings)
+        #expect(throws: ResearchError(.invalidArgument, "p: historyDays 0 is outside 2...100000")) {
+            try Backtester.run(&strategy, data: try Synthetic.data())
+        }
+    }
 }
