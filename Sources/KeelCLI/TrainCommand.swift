@@ -107,6 +107,7 @@ struct TrainPolicyCommand: ParsableCommand {
 
     private func train(_ config: TrainingConfig) throws {
         let started = ContinuousClock.now
+        try checkDistinctNames(dataFiles)
         let data = try dataFiles.map { (path) throws(ResearchError) in try MarketData.load(path: path) }
         let start: PolicyNetwork
         if let warmStart {
@@ -394,6 +395,7 @@ struct TrainTaxLossCommand: ParsableCommand {
         do {
             try config.validate()
             guard !dataFiles.isEmpty else { throw ResearchError(.invalidArgument, "--data is required (repeatable)") }
+            try checkDistinctNames(dataFiles)
             try train(config)
         } catch let error as ResearchError {
             throw fail(error.message)
@@ -460,5 +462,19 @@ struct TrainTaxLossCommand: ParsableCommand {
         if noPublish { return }
         try TrainingArtifacts.promote(files, repository: repository, version: version)
         print("published as \(repository)/\(version)/model.onnx")
+    }
+}
+
+/// Training reports figures per data file by its name: two files with the
+/// same name would be merged.
+func checkDistinctNames(_ paths: [String]) throws(ResearchError) {
+    var seen: [String: String] = [:]
+    for path in paths {
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        if let other = seen[name] {
+            throw ResearchError(.invalidArgument, "--data \(path) and --data \(other) have the same file name '\(name)'; "
+                + "the training reports figures per file name, so give each data file its own")
+        }
+        seen[name] = path
     }
 }

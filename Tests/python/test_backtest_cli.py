@@ -302,6 +302,11 @@ def test_train_tax_loss_small(tmp_path):
     assert bad.returncode == 1 and "--data" in bad.stderr
     bad = keel("train", "tax-loss", "--data", tmp_path / "p.csv", "--out", tmp_path / "o", "--every", "0", check=False)
     assert bad.returncode == 1 and "--every" in bad.stderr
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "p.csv").write_text((tmp_path / "p.csv").read_text())
+    bad = keel("train", "tax-loss", "--data", tmp_path / "p.csv", "--data", tmp_path / "again" / "p.csv",
+               "--out", tmp_path / "o", check=False)
+    assert bad.returncode == 1 and "have the same file name 'p.csv'" in bad.stderr
 
 
 def test_shipped_tax_loss_model_matches_onnxruntime(tmp_path):
