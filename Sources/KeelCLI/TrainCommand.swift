@@ -135,9 +135,16 @@ struct TrainPolicyCommand: ParsableCommand {
         let challenger = try trainer.evaluator.score(try PolicyEvaluator.model(last.network), on: recent,
                                                      baselines: recentBaselines)
         var champion: (version: Int, score: Double)? = nil
+        // A current model that cannot be scored must not cost the new one:
+        // its files are still written, and publishing then needs --force.
+        var championError: String? = nil
         if current > 0 {
-            let scorer = try ModelScorer(path: "\(repository)/\(current)/model.onnx")
-            champion = (current, try trainer.evaluator.score(scorer.model, on: recent, baselines: recentBaselines))
+            do {
+                let scorer = try ModelScorer(path: "\(repository)/\(current)/model.onnx")
+                champion = (current, try trainer.evaluator.score(scorer.model, on: recent, baselines: recentBaselines))
+            } catch {
+                championError = error.message
+            }
         }
         let seconds = Double((ContinuousClock.now - started).components.seconds)
         let date = ISO8601DateFormatter().string(from: Date())
@@ -167,6 +174,11 @@ struct TrainPolicyCommand: ParsableCommand {
                 + "\(String(format: "%.4f", champion.score))")
         }
         if noPublish { return }
+        if let championError, !force {
+            printError("error: the current v\(current) could not be scored (\(championError)); not published without "
+                + "--force (the new model's files are in \(out))")
+            throw ExitCode(3)
+        }
         guard beats || force else {
             printError("error: the new model does not beat the current v\(current) on the most recent validation windows; "
                 + "not published (its files are in \(out))")

@@ -192,6 +192,14 @@ def test_train_publishes_then_refuses_an_equal_challenger(tmp_path):
     assert not (models / "policy" / "2").exists()
     assert (tmp_path / "out2" / "model.onnx").read_bytes() != b""
 
+    # A current model that cannot be read: the new files are still written, publishing needs --force.
+    model.write_bytes(b"not a model")
+    broken = keel("train", "policy", "--data", tmp_path / "a.csv", "--models", models, "--out", tmp_path / "out3",
+                  "--generations", "2", *TINY, check=False)
+    assert broken.returncode == 3, broken.stderr
+    assert "the current v1 could not be scored" in broken.stderr and "--force" in broken.stderr
+    assert (tmp_path / "out3" / "model.onnx").stat().st_size > 0 and not (models / "policy" / "2").exists()
+
 
 def test_train_is_deterministic(tmp_path):
     synthetic_relatives(tmp_path / "a.csv", assets=4, periods=240, seed=3)
