@@ -189,6 +189,7 @@ public enum TaxLossHarvester {
         try validate(lots: lots, prices: prices, rules: rules)
         let identical = IdenticalSets(rules.identicalGroups)
         let tradeDay = rules.tradeDay
+        let latestBuys = LatestBuys(rules.recentTrades, identical: identical, from: tradeDay - 30, through: tradeDay)
         var skipped: [String] = []
 
         // Lots per instrument, in input order; instruments in id order.
@@ -236,11 +237,7 @@ public enum TaxLossHarvester {
 
             // 2. No wash sale: no substantially identical purchase in the
             // household within the 30 days before (or on) the trade day.
-            let group = identical.of(instrumentID)
-            if let buy = rules.recentTrades
-                .filter({ $0.side == .buy && group.contains($0.instrumentID) && $0.day >= tradeDay - 30 && $0.day <= tradeDay })
-                .max(by: { ($0.day, $0.instrumentID, $0.accountID) < ($1.day, $1.instrumentID, $1.accountID) })
-            {
+            if let buy = latestBuys.latest(identicalTo: instrumentID) {
                 let what = buy.instrumentID == instrumentID
                     ? "\(instrumentID) was bought"
                     : "\(buy.instrumentID), substantially identical to it, was bought"
@@ -268,6 +265,11 @@ public enum TaxLossHarvester {
         // Replacements may not be substantially identical to anything sold
         // at a loss today (that purchase would be a wash sale).
         let harvested = Set(selected.map(\.instrumentID))
+        // The first harvested instrument (by id) of each group.
+        var harvestedInGroup: [Int: String] = [:]
+        for id in harvested.sorted() {
+            for g in identical.groups(of: id) where harvestedInGroup[g] == nil { harvestedInGroup[g] = id }
+        }
         var proposals: [HarvestProposal] = []
         proposals.reserveCapacity(selected.count)
         for item in selected {
@@ -287,10 +289,12 @@ public enum TaxLossHarvester {
             let candidates = rules.replacements[id] ?? []
             for candidate in candidates {
                 guard let p = prices[candidate] else { refusals.append("\(candidate) has no price"); continue }
-                if identical.of(id).contains(candidate) {
+                if identical.same(id, candidate) {
                     refusals.append("\(candidate) is substantially identical to \(id)"); continue
                 }
-                if let other = identical.of(candidate).sorted().first(where: { harvested.contains($0) }) {
+                let other = harvested.contains(candidate)
+                    ? candidate : identical.groups(of: candidate).compactMap { harvestedInGroup[$0] }.min()
+                if let other {
                     refusals.append(other == candidate
                         ? "\(candidate) is itself being sold at a loss"
                         : "\(candidate) is substantially identical to \(other), which is being sold at a loss")
@@ -337,12 +341,25 @@ public enum TaxLossHarvester {
     public static func blockedPurchases(harvested: [(instrumentID: String, day: Int)], rules: TaxRules,
                                         day: Int) -> Set<String>
     {
+        Set(blockedPurchaseDays(harvested: harvested, rules: rules, day: day).keys)
+    }
+
+    /// ``blockedPurchases(harvested:rules:day:)`` with, for each blocked
+    /// instrument, the latest harvest day that blocks it.
+    public static func blockedPurchaseDays(harvested: [(instrumentID: String, day: Int)], rules: TaxRules,
+                                           day: Int) -> [String: Int]
+    {
         let identical = IdenticalSets(rules.identicalGroups)
-        var blocked: Set<String> = []
-        for h in harvested where day >= h.day && day - h.day <= 30 {
-            blocked.formUnion(identical.of(h.instrumentID))
+        var out: [String: Int] = [:]
+        var expanded: Set<Int> = []
+        // Latest harvest first, so that each group is expanded once, with its latest day.
+        for h in harvested.filter({ day >= $0.day && day - $0.day <= 30 }).sorted(by: { $0.day > $1.day }) {
+            if out[h.instrumentID] == nil { out[h.instrumentID] = h.day }
+            for g in identical.groups(of: h.instrumentID) where expanded.insert(g).inserted {
+                for id in identical.members(of: g) where out[id] == nil { out[id] = h.day }
+            }
         }
-        return blocked
+        return out
     }
 
     /// Lots to sell for `quantity` of an instrument in a rebalance: loss lots
@@ -481,19 +498,60 @@ public enum TaxLossHarvester {
     static func list(_ ids: [String]) -> String { ids.joined(separator: ", ") }
 }
 
-/// Each instrument's substantially identical set: itself and every member of
-/// every group that lists it.
+/// Substantially identical instruments: each instrument is identical to
+/// itself and to every member of every group that lists it. Linear in the
+/// size of the groups to build; `same` is O(1) for an instrument in one
+/// group, so a request with one huge group costs no quadratic time.
 struct IdenticalSets {
-    private var sets: [String: Set<String>] = [:]
+    private var groupsOf: [String: [Int]] = [:]
+    private var members: [[String]] = []
 
     init(_ groups: [[String]]) {
         for group in groups {
-            let members = Set(group)
-            for id in group { sets[id, default: [id]].formUnion(members) }
+            let k = members.count
+            members.append(group)
+            for id in Set(group) { groupsOf[id, default: []].append(k) }
         }
     }
 
-    func of(_ id: String) -> Set<String> { sets[id] ?? [id] }
+    func groups(of id: String) -> [Int] { groupsOf[id] ?? [] }
+
+    func members(of group: Int) -> [String] { members[group] }
+
+    func same(_ a: String, _ b: String) -> Bool {
+        if a == b { return true }
+        guard let ga = groupsOf[a], let gb = groupsOf[b] else { return false }
+        return ga.contains { gb.contains($0) }
+    }
+}
+
+/// The latest household purchase in a window of days of each instrument
+/// and of each identical group, so that "was anything substantially
+/// identical bought?" costs O(groups of the instrument), not a scan of the
+/// trades. Ties on the day go to the larger instrument id, then account.
+struct LatestBuys {
+    private let identical: IdenticalSets
+    private var byInstrument: [String: RecentTrade] = [:]
+    private var byGroup: [Int: RecentTrade] = [:]
+
+    init(_ trades: [RecentTrade], identical: IdenticalSets, from: Int, through: Int) {
+        self.identical = identical
+        for t in trades where t.side == .buy && t.day >= from && t.day <= through {
+            if Self.later(t, than: byInstrument[t.instrumentID]) { byInstrument[t.instrumentID] = t }
+            for g in identical.groups(of: t.instrumentID) where Self.later(t, than: byGroup[g]) { byGroup[g] = t }
+        }
+    }
+
+    static func later(_ a: RecentTrade, than b: RecentTrade?) -> Bool {
+        guard let b else { return true }
+        return (a.day, a.instrumentID, a.accountID) > (b.day, b.instrumentID, b.accountID)
+    }
+
+    func latest(identicalTo id: String) -> RecentTrade? {
+        var best = byInstrument[id]
+        for g in identical.groups(of: id) { if let t = byGroup[g], Self.later(t, than: best) { best = t } }
+        return best
+    }
 }
 
 /// Tax lots in a rebalance: which lots each sale relieves (loss lots first,
@@ -518,7 +576,8 @@ public enum TaxLotAssignment {
     @discardableResult
     public static func apply(to decision: inout RebalanceDecision, lots: [TaxLot], rules: TaxRules) -> [Realised] {
         guard !lots.isEmpty else { return [] }
-        let identical = IdenticalSets(rules.identicalGroups)
+        let latestBuys = LatestBuys(rules.recentTrades, identical: IdenticalSets(rules.identicalGroups),
+                                    from: rules.tradeDay - 30, through: rules.tradeDay)
         var byInstrument: [String: [TaxLot]] = [:]
         for lot in lots { byInstrument[lot.instrumentID, default: []].append(lot) }
         var out: [Realised] = []
@@ -549,11 +608,7 @@ public enum TaxLotAssignment {
                 let saving = -(min(0, st) * rules.shortTermRate + min(0, lt) * rules.longTermRate)
                 text += "(loss lots first) realise a \(TaxLossHarvester.money(-realised.total)) loss"
                     + split(st, lt) + ", worth about \(TaxLossHarvester.money(saving)) in tax"
-                let group = identical.of(order.instrumentID)
-                if let buy = rules.recentTrades.filter({
-                    $0.side == .buy && group.contains($0.instrumentID) && $0.day >= rules.tradeDay - 30
-                        && $0.day <= rules.tradeDay
-                }).max(by: { $0.day < $1.day }) {
+                if let buy = latestBuys.latest(identicalTo: order.instrumentID) {
                     text += "; \(buy.instrumentID) was bought on \(CivilDay.iso(buy.day)), so the loss would be "
                         + "disallowed as a wash sale"
                 }

@@ -628,20 +628,19 @@ public final class KeelService: RequestHandler {
         let harvested = harvestMemory.harvested(household: plan.household, day: day)
         guard !harvested.isEmpty else { return plan }
         // Each harvested instrument blocks itself and its substantially identical group.
-        let identical = TaxRules(shortTermRate: 0, longTermRate: 0,
-                                 identicalGroups: TaxMapping.identicalGroups(request.instruments), tradeDay: day)
-        var blockedSince: [String: Int] = [:]
-        for h in harvested {
-            for id in TaxLossHarvester.blockedPurchases(harvested: [h], rules: identical, day: day) {
-                blockedSince[id] = max(blockedSince[id] ?? h.day, h.day)
-            }
-        }
+        let blockedSince = TaxLossHarvester.blockedPurchaseDays(
+            harvested: harvested,
+            rules: TaxRules(shortTermRate: 0, longTermRate: 0,
+                            identicalGroups: TaxMapping.identicalGroups(request.instruments), tradeDay: day),
+            day: day)
         let replacements = TaxMapping.replacements(request.instruments)
         let value = RebalanceMapping.totalValue(input)
         var held: [String: Double] = [:]
         for h in input.portfolio.holdings { held[h.instrumentID, default: 0] += h.quantity }
         var price: [String: Double] = [:]
         for m in input.instruments { price[m.id] = m.price }
+        var strategicIndex: [String: Int] = [:]
+        for (k, w) in input.mandate.strategicWeights.enumerated() where strategicIndex[w.id] == nil { strategicIndex[w.id] = k }
         for m in input.instruments {
             guard let harvestDay = blockedSince[m.id] else { continue }
             // The first candidate that is not blocked itself.
@@ -650,16 +649,15 @@ public final class KeelService: RequestHandler {
             input.mandate.blockedPurchases.insert(m.id)
             var note = "\(m.id) is not bought until \(CivilDay.iso(harvestDay + 31)) (wash-sale window after the "
                 + "harvest on \(CivilDay.iso(harvestDay)))"
-            if let r = replacement, value > 0,
-               let k = input.mandate.strategicWeights.firstIndex(where: { $0.id == m.id })
-            {
+            if let r = replacement, value > 0, let k = strategicIndex[m.id] {
                 let current = (held[m.id] ?? 0) * m.price / value
                 let excess = max(0, input.mandate.strategicWeights[k].weight - current)
                 if excess > 0 {
                     input.mandate.strategicWeights[k].weight -= excess
-                    if let j = input.mandate.strategicWeights.firstIndex(where: { $0.id == r }) {
+                    if let j = strategicIndex[r] {
                         input.mandate.strategicWeights[j].weight += excess
                     } else {
+                        strategicIndex[r] = input.mandate.strategicWeights.count
                         input.mandate.strategicWeights.append((id: r, weight: excess))
                     }
                     note += "; its unheld strategic weight goes to the replacement \(r)"

@@ -172,6 +172,27 @@ struct TaxLossTests {
         #expect(skipped == ["Not harvesting VTI: VTI was bought on \(CivilDay.iso(boughtOn)) in account IRA, so a sale at a loss before \(CivilDay.iso(boughtOn + 31)) would be a wash sale."])
     }
 
+    /// One group of 30,000 identical instruments and a purchase of each:
+    /// every harvest is refused, naming the group's latest purchase (the
+    /// checks are linear; a scan per instrument would take minutes).
+    @Test func aHugeIdenticalGroupIsHandledInLinearTime() throws {
+        let n = 30_000
+        let ids = (0..<n).map { "I\($0)" }
+        var prices: [String: Double] = [:]
+        for id in ids { prices[id] = 100 }
+        let lots = ids.map { TaxLot(id: "L\($0)", instrumentID: $0, quantity: 1, acquiredDay: T - 100, costPerShare: 120) }
+        let trades = ids.enumerated().map { k, id in buy(id, T - 1 - k % 20) }
+        var r = rules(groups: [ids], trades: trades)
+        r.replacements = [:]
+        let (proposals, skipped) = try TaxLossHarvester.propose(lots: lots, prices: prices, rules: r)
+        #expect(proposals.isEmpty && skipped.count == n)
+        // The latest purchase (day T − 1) of the largest id among those bought that day.
+        #expect(skipped[0].contains("I9980, substantially identical to it, was bought on \(CivilDay.iso(T - 1))"),
+                "\(skipped[0])")
+        let blocked = TaxLossHarvester.blockedPurchases(harvested: ids.map { ($0, T) }, rules: r, day: T + 3)
+        #expect(blocked.count == n)
+    }
+
     @Test func purchaseThirtyOneDaysBeforeIsOutsideTheWindow() throws {
         // 31 days before is outside the wash-sale window: such a trade is
         // ignored, not an error…
