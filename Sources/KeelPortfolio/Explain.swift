@@ -53,15 +53,9 @@ extension RebalanceEngine {
 
 /// Plain-language text for advisors and clients.
 enum Summary {
-    static func money(_ v: Double) -> String { Format.fixed(v, 2, grouping: true) }
+    static func money(_ v: Double) -> String { Format.money(v) }
 
-    static func number(_ v: Double) -> String {
-        if v == v.rounded() { return Format.fixed(v, 0) }
-        var text = Format.fixed(v, 4)
-        while text.hasSuffix("0") { text.removeLast() }
-        if text.hasSuffix(".") { text.removeLast() }
-        return text
-    }
+    static func number(_ v: Double) -> String { Format.trimmed(v) }
 
     static func explanation(_ order: Order, asset i: Int, x: Prepared, z: Double, limits: Limits, weightAfter: Double,
                             maxVol: Double) -> String

@@ -12,6 +12,18 @@ public enum Format {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// An amount of money: two decimals, thousands separators.
+    public static func money(_ v: Double) -> String { fixed(v, 2, grouping: true) }
+
+    /// Up to 4 decimals, trailing zeros dropped ("-2", "0.125", "nan").
+    public static func trimmed(_ v: Double) -> String {
+        var s = fixed(v, 4)
+        guard s.contains("."), !s.contains("e") else { return s }
+        while s.hasSuffix("0") { s.removeLast() }
+        if s.hasSuffix(".") { s.removeLast() }
+        return s
+    }
+
     /// ``fixed(_:_:grouping:)`` appended to `out`.
     static func append(_ out: inout [UInt8], _ v: Double, _ decimals: Int, grouping: Bool = false) {
         let decimals = min(4, max(0, decimals))

@@ -37,7 +37,6 @@ public struct TaxLot: Sendable, Equatable {
 /// A trade in any account of the household within the 30 days up to the
 /// trade day.
 public struct RecentTrade: Sendable, Equatable {
-    public enum Side: Sendable { case buy, sell }
     public var instrumentID: String
     public var day: Int
     public var side: Side
@@ -482,16 +481,9 @@ public enum TaxLossHarvester {
     /// Whole shares, tolerant of division noise (94.9999999999 → 95).
     static func wholeShares(_ x: Double) -> Double { floor(x + 1e-9) }
 
-    static func money(_ v: Double) -> String { Format.fixed(v, 2, grouping: true) }
+    static func money(_ v: Double) -> String { Format.money(v) }
 
-    /// Up to 4 decimals, trailing zeros dropped ("-2", "0.125", "nan").
-    static func number(_ v: Double) -> String {
-        var s = Format.fixed(v, 4)
-        guard s.contains("."), !s.contains("e") else { return s }
-        while s.hasSuffix("0") { s.removeLast() }
-        if s.hasSuffix(".") { s.removeLast() }
-        return s
-    }
+    static func number(_ v: Double) -> String { Format.trimmed(v) }
 
     static func shares(_ q: Double) -> String { q == 1 ? "1 share" : "\(number(q)) shares" }
 

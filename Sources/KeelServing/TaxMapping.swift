@@ -105,7 +105,7 @@ public enum TaxMapping {
         for (k, t) in tax.recentTrades.enumerated() {
             let g = "\(field).recent_trades[\(k)]"
             guard !t.instrumentID.isEmpty else { throw bad("\(g).instrument_id is empty") }
-            let side: RecentTrade.Side
+            let side: KeelPortfolio.Side
             switch t.side {
             case .buy: side = .buy
             case .sell: side = .sell
