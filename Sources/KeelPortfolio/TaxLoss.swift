@@ -598,8 +598,9 @@ public enum TaxLotAssignment {
             if realised.total < 0 {
                 if !decision.orders[k].reasons.contains(.tax) { decision.orders[k].reasons.append(.tax) }
                 let saving = -(min(0, st) * rules.shortTermRate + min(0, lt) * rules.longTermRate)
-                text += "(loss lots first) realise a \(TaxLossHarvester.money(-realised.total)) loss"
-                    + split(st, lt) + ", worth about \(TaxLossHarvester.money(saving)) in tax"
+                text += "(loss lots first) realise a \(TaxLossHarvester.money(-realised.total)) loss" + split(st, lt)
+                // Without rates (no tax context) the value is not known.
+                if saving > 0 { text += ", worth about \(TaxLossHarvester.money(saving)) in tax" }
                 if let buy = latestBuys.latest(identicalTo: order.instrumentID) {
                     text += "; \(buy.instrumentID) was bought on \(CivilDay.iso(buy.day)), so the loss would be "
                         + "disallowed as a wash sale"

@@ -100,6 +100,15 @@ struct TaxLotAssignmentTests {
             "; AAB was bought on 2026-11-17, so the loss would be disallowed as a wash sale."))
     }
 
+    @Test func withoutRatesTheTaxValueIsLeftOut() {
+        var rules = Self.rules
+        rules.shortTermRate = 0
+        rules.longTermRate = 0
+        var d = Self.decision([Self.order("AAA", .sell, 10)])
+        TaxLotAssignment.apply(to: &d, lots: Self.lots, rules: rules)
+        #expect(d.orders[0].explanation == "Sell. Lots LOSS (loss lots first) realise a 300.00 loss (all short-term).")
+    }
+
     @Test func withoutLotsNothingChanges() {
         var d = Self.decision([Self.order("AAA", .sell, 10)])
         #expect(TaxLotAssignment.apply(to: &d, lots: [], rules: Self.rules).isEmpty)
