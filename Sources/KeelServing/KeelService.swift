@@ -24,8 +24,8 @@ import Darwin
 ///   transport: it decodes (INVALID_ARGUMENT on bad bytes), runs the same
 ///   handler and encodes, timing the decode and encode phases too.
 ///
-/// Compute methods (Rebalance and, later, HarvestTaxLosses and
-/// ForecastLiquidity) run through the ``RequestGate`` (admission control and
+/// Compute methods (Rebalance, HarvestTaxLosses and ForecastLiquidity)
+/// run through the ``RequestGate`` (admission control and
 /// deadlines); the others only check the deadline and whether the server is
 /// draining. Health answers even while draining (NOT_SERVING).
 ///
