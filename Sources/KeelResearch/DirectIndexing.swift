@@ -96,7 +96,7 @@ public enum DirectIndexing {
         try config.validate()
         guard data.hasPrices, let dates = data.dates else {
             throw ResearchError(.invalidData, "\(data.name): the tax-alpha backtest needs dated prices "
-                + "(a `date` column, or a NAME_dates.csv beside a relatives file)")
+                + "(a first column named `date`); price relatives carry no cost basis")
         }
         var days: [Int] = []
         days.reserveCapacity(dates.count)
