@@ -40,7 +40,7 @@ struct Limits {
         var noBuy = [Bool](repeating: false, count: n)
         for (i, instrument) in instruments.enumerated() {
             if let cap = mandate.maxInstrumentWeight, cap < hi[i] { hi[i] = cap; reason[i] = .instrumentCap }
-            if mandate.excludedInstruments.contains(instrument.id) {
+            if !mandate.excludedInstruments.isEmpty && mandate.excludedInstruments.contains(instrument.id) {
                 hi[i] = 0; reason[i] = .excluded; noBuy[i] = true
             } else if mandate.esgFloor > 0, let score = instrument.esgScore, score < mandate.esgFloor {
                 hi[i] = 0; reason[i] = .esg; noBuy[i] = true
@@ -53,7 +53,7 @@ struct Limits {
                     noBuy[i] = true
                     if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .unratedESG }
                 }
-                if mandate.blockedPurchases.contains(instrument.id) {
+                if !mandate.blockedPurchases.isEmpty && mandate.blockedPurchases.contains(instrument.id) {
                     noBuy[i] = true
                     if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .repurchaseBlock }
                 }
@@ -66,9 +66,15 @@ struct Limits {
             var names: [String] = []
             var index: [String: Int] = [:]
             var of = [Int](repeating: -1, count: instruments.count)
+            guard !caps.isEmpty else { return (of, [], []) }
+            var uncapped: Set<String> = []
             for (i, instrument) in instruments.enumerated() {
-                guard let k = key(instrument), caps[k] != nil else { continue }
-                if let g = index[k] { of[i] = g } else { index[k] = names.count; of[i] = names.count; names.append(k) }
+                guard let k = key(instrument) else { continue }
+                // Names repeat: one lookup for a name already seen.
+                if let g = index[k] { of[i] = g; continue }
+                if uncapped.contains(k) { continue }
+                guard caps[k] != nil else { uncapped.insert(k); continue }
+                index[k] = names.count; of[i] = names.count; names.append(k)
             }
             return (of, names, names.map { caps[$0]! })
         }
