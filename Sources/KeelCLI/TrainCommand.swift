@@ -354,18 +354,15 @@ struct TrainLiquidityCommand: ParsableCommand {
         ]
         let files: [(name: String, bytes: [UInt8])] = [("model.onnx", model.onnx(metadata: metadata)),
                                                        ("REPORT.md", Array(report.utf8))]
-        try TrainingArtifacts.write(files, to: out)
-        for m in evaluation.methods {
-            print("  \(m.name): pinball \(String(format: "%.4f", m.pinball)), 5-95 % coverage \(String(format: "%.1f%%", m.coverage * 100))")
+        try publishForecaster(files, out: out, repository: repository, version: version, publish: !noPublish) {
+            for m in evaluation.methods {
+                print("  \(m.name): pinball \(String(format: "%.4f", m.pinball)), 5-95 % coverage \(String(format: "%.1f%%", m.coverage * 100))")
+            }
+            for b in evaluation.buffers {
+                print("  \(b.name): mean \(String(format: "%.2f%%", b.meanBuffer * 100)) of value, shortfalls "
+                    + "\(String(format: "%.1f%%", b.shortfalls * 100))")
+            }
         }
-        for b in evaluation.buffers {
-            print("  \(b.name): mean \(String(format: "%.2f%%", b.meanBuffer * 100)) of value, shortfalls "
-                + "\(String(format: "%.1f%%", b.shortfalls * 100))")
-        }
-        print("model and report written to \(out)")
-        if noPublish { return }
-        try TrainingArtifacts.promote(files, repository: repository, version: version)
-        print("published as \(repository)/\(version)/model.onnx")
     }
 }
 
@@ -463,17 +460,14 @@ struct TrainTaxLossCommand: ParsableCommand {
                                output: "median_return",
                                doc: "Linear median forecaster of the 21-trading-day log return", metadata: metadata)
         let files: [(name: String, bytes: [UInt8])] = [("model.onnx", bytes), ("REPORT.md", Array(report.utf8))]
-        try TrainingArtifacts.write(files, to: out)
-        for e in evaluations {
-            for m in e.methods {
-                print("  \(e.dataset) \(m.name): pinball \(String(format: "%.5f", m.pinball)), rank IC "
-                    + "\(String(format: "%.3f", m.rankIC)), pair hit rate \(String(format: "%.1f%%", m.pairHitRate * 100))")
+        try publishForecaster(files, out: out, repository: repository, version: version, publish: !noPublish) {
+            for e in evaluations {
+                for m in e.methods {
+                    print("  \(e.dataset) \(m.name): pinball \(String(format: "%.5f", m.pinball)), rank IC "
+                        + "\(String(format: "%.3f", m.rankIC)), pair hit rate \(String(format: "%.1f%%", m.pairHitRate * 100))")
+                }
             }
         }
-        print("model and report written to \(out)")
-        if noPublish { return }
-        try TrainingArtifacts.promote(files, repository: repository, version: version)
-        print("published as \(repository)/\(version)/model.onnx")
     }
 }
 
@@ -489,4 +483,17 @@ func checkDistinctNames(_ paths: [String]) throws(ResearchError) {
         }
         seen[name] = path
     }
+}
+
+/// A forecaster's files: written to `out`, its figures printed, then
+/// (unless `publish` is false) promoted as `version` under `repository`.
+func publishForecaster(_ files: [(name: String, bytes: [UInt8])], out: String, repository: String, version: Int,
+                       publish: Bool, figures: () -> Void) throws
+{
+    try TrainingArtifacts.write(files, to: out)
+    figures()
+    print("model and report written to \(out)")
+    guard publish else { return }
+    try TrainingArtifacts.promote(files, repository: repository, version: version)
+    print("published as \(repository)/\(version)/model.onnx")
 }
