@@ -243,12 +243,16 @@ public enum TaxMapping {
 /// wash-sale window. In memory: a restart forgets it (docs/TAX.md).
 public final class HarvestMemory: Sendable {
     private let state = Mutex<[String: [String: Int]]>([:])
+    /// Set by the first record: until then `harvested` takes no lock (the
+    /// Rebalance hot path of a server that never harvests).
+    private let used = Atomic<Bool>(false)
 
     public init() {}
 
     /// Remembers that `household` sold `instruments` at a loss on `day`.
     public func record(household: String, instruments: [String], day: Int) {
         guard !household.isEmpty, !instruments.isEmpty else { return }
+        used.store(true, ordering: .releasing)
         state.withLock { s in
             var entry = s[household] ?? [:]
             for id in instruments where (entry[id] ?? Int.min) < day { entry[id] = day }
@@ -264,7 +268,7 @@ public final class HarvestMemory: Sendable {
     /// The household's instruments in their window on `day` (harvest day
     /// through harvest day + 30), with their harvest days.
     public func harvested(household: String, day: Int) -> [(instrumentID: String, day: Int)] {
-        guard !household.isEmpty else { return [] }
+        guard !household.isEmpty, used.load(ordering: .acquiring) else { return [] }
         return state.withLock { s in
             (s[household] ?? [:]).filter { day >= $0.value && day - $0.value <= 30 }
                 .map { (instrumentID: $0.key, day: $0.value) }
