@@ -30,8 +30,10 @@ extension RebalanceEngine {
             guard occluded.count == rows else {
                 throw EngineError(.policyFailed, "the policy gave \(occluded.count) scores for \(rows) explanation rows")
             }
+            var contributions: [FeatureContribution] = []
+            contributions.reserveCapacity(width)
             for (k, i) in assets.enumerated() {
-                var contributions: [FeatureContribution] = []
+                contributions.removeAll(keepingCapacity: true)
                 for j in 0..<width {
                     let c = Double(scores[i]) - Double(occluded[k * width + j])
                     contributions.append(FeatureContribution(feature: FeatureSet.names[j],
@@ -44,9 +46,12 @@ extension RebalanceEngine {
                 plan.orders[k].topFeatures = Array(contributions.prefix(config.topFeatures))
             }
         }
+        var text = TextBuilder(capacity: 512)
         for (k, i) in assets.enumerated() {
-            plan.orders[k].explanation = Summary.explanation(plan.orders[k], asset: i, x: x, z: z[i], limits: limits,
-                                                             weightAfter: plan.outcome.weights[i], maxVol: maxVol)
+            text.clear()
+            Summary.explanation(into: &text, plan.orders[k], asset: i, x: x, z: z[i], limits: limits,
+                                weightAfter: plan.outcome.weights[i], maxVol: maxVol)
+            plan.orders[k].explanation = text.text
         }
     }
 }
@@ -57,13 +62,12 @@ enum Summary {
 
     static func number(_ v: Double) -> String { Format.trimmed(v) }
 
-    static func explanation(_ order: Order, asset i: Int, x: Prepared, z: Double, limits: Limits, weightAfter: Double,
-                            maxVol: Double) -> String
+    /// The plain-language reason for one order, appended to `t`.
+    static func explanation(into t: inout TextBuilder, _ order: Order, asset i: Int, x: Prepared, z: Double,
+                            limits: Limits, weightAfter: Double, maxVol: Double)
     {
-        let instrument = x.input.instruments[i]
-        var t = TextBuilder(capacity: 320)
         t.add(order.side == .buy ? "Buy " : "Sell ")
-        t.add(number(order.quantity))
+        t.number(order.quantity)
         t.add(" ")
         t.add(order.instrumentID)
         t.add(" (about ")
@@ -75,9 +79,9 @@ enum Summary {
             case .exclusion: t.add("the mandate excludes it")
             case .esgExclusion:
                 t.add("its ESG score ")
-                t.add(number(instrument.esgScore ?? 0))
+                t.number(x.input.instruments[i].esgScore ?? 0)
                 t.add(" is below the floor of ")
-                t.add(number(x.input.mandate.esgFloor))
+                t.number(x.input.mandate.esgFloor)
             case .cap:
                 if limits.hiReason[i] == .instrumentCap && x.w0[i] > limits.hi[i] {
                     t.add("it is ")
@@ -87,7 +91,7 @@ enum Summary {
                     t.add(" cap")
                 } else if limits.sectorOf[i] >= 0 {
                     t.add("sector ")
-                    t.add(instrument.sector)
+                    t.add(x.input.instruments[i].sector)
                     t.add(" is above its cap")
                 } else {
                     t.add("its asset class is above its cap")
@@ -134,7 +138,6 @@ enum Summary {
             t.money(order.expectedBenefit)
             t.add(".")
         }
-        return t.text
     }
 
     static func paragraph(_ d: RebalanceDecision, profile: RiskProfile, volRule: String) -> String {
@@ -159,36 +162,61 @@ enum Summary {
                 + "trade's expected benefit would cover its cost."
         case .executable:
             var buyCount = 0
-            var tally = [ReasonCode: Int]()
+            var tally = [Int](repeating: 0, count: 16)
             for order in d.orders {
                 if order.side == .buy { buyCount += 1 }
-                for code in order.reasons { tally[code, default: 0] += 1 }
+                for code in order.reasons { tally[code.bit.trailingZeroBitCount] += 1 }
             }
+            let count = { (code: ReasonCode) in tally[code.bit.trailingZeroBitCount] }
             let sellCount = d.orders.count - buyCount
             let traded = d.orders.reduce(0) { $0 + $1.notional }
-            var text = "We propose \(d.orders.count) trade\(d.orders.count == 1 ? "" : "s") (\(buyCount) "
-                + "buy\(buyCount == 1 ? "" : "s"), \(sellCount) sale\(sellCount == 1 ? "" : "s")) worth about "
-                + "\(money(traded)) in all, a one-way turnover of \(pct(d.turnover)) of the portfolio. "
-            var why: [String] = []
-            let count = { (code: ReasonCode) in tally[code] ?? 0 }
-            if count(.exclusion) + count(.esgExclusion) > 0 {
-                why.append("\(count(.exclusion) + count(.esgExclusion)) sell excluded or low-ESG holdings")
+            var t = TextBuilder(capacity: 768)
+            func plural(_ k: Int, _ one: StaticString, _ many: StaticString) {
+                t.integer(k)
+                t.add(k == 1 ? one : many)
             }
-            if count(.cap) > 0 { why.append("\(count(.cap)) bring positions back under their caps") }
-            if count(.drift) > 0 { why.append("\(count(.drift)) bring the allocation back toward its strategic weights") }
-            if count(.policySignal) > 0 { why.append("\(count(.policySignal)) follow the model's market signal") }
-            if count(.riskLimit) + count(.suitability) > 0 {
-                why.append("\(count(.riskLimit) + count(.suitability)) are sized to respect the client's risk profile")
+            t.add("We propose ")
+            plural(d.orders.count, " trade", " trades")
+            t.add(" (")
+            plural(buyCount, " buy", " buys")
+            t.add(", ")
+            plural(sellCount, " sale", " sales")
+            t.add(") worth about ")
+            t.money(traded)
+            t.add(" in all, a one-way turnover of ")
+            t.percent(d.turnover)
+            t.add(" of the portfolio. ")
+            var first = true
+            func why(_ k: Int, _ text: StaticString) {
+                guard k > 0 else { return }
+                t.add(first ? "Of these, " : ", ")
+                first = false
+                t.integer(k)
+                t.add(text)
             }
-            if count(.cashTarget) > 0 { why.append("\(count(.cashTarget)) manage the cash balance") }
-            if !why.isEmpty { text += "Of these, " + why.joined(separator: ", ") + ". " }
-            text += "Expected portfolio volatility moves from \(pct(d.riskBefore.volatility)) to "
-                + "\(pct(d.riskAfter.volatility)) (the client's profile, risk tolerance \(profile.riskTolerance) of 7, "
-                + "allows up to \(pct(d.riskAfter.maxVolatility))), and tracking error against the strategic allocation "
-                + "from \(pct(d.riskBefore.trackingError)) to \(pct(d.riskAfter.trackingError)). Estimated trading costs "
-                + "are \(money(d.totalEstimatedCost)). Every trade respects the mandate's limits and the client's "
-                + "suitability profile."
-            return text
+            why(count(.exclusion) + count(.esgExclusion), " sell excluded or low-ESG holdings")
+            why(count(.cap), " bring positions back under their caps")
+            why(count(.drift), " bring the allocation back toward its strategic weights")
+            why(count(.policySignal), " follow the model's market signal")
+            why(count(.riskLimit) + count(.suitability), " are sized to respect the client's risk profile")
+            why(count(.cashTarget), " manage the cash balance")
+            if !first { t.add(". ") }
+            t.add("Expected portfolio volatility moves from ")
+            t.percent(d.riskBefore.volatility)
+            t.add(" to ")
+            t.percent(d.riskAfter.volatility)
+            t.add(" (the client's profile, risk tolerance ")
+            t.integer(profile.riskTolerance)
+            t.add(" of 7, allows up to ")
+            t.percent(d.riskAfter.maxVolatility)
+            t.add("), and tracking error against the strategic allocation from ")
+            t.percent(d.riskBefore.trackingError)
+            t.add(" to ")
+            t.percent(d.riskAfter.trackingError)
+            t.add(". Estimated trading costs are ")
+            t.money(d.totalEstimatedCost)
+            t.add(". Every trade respects the mandate's limits and the client's suitability profile.")
+            return t.text
         }
     }
 }

@@ -17,11 +17,21 @@ public enum Format {
 
     /// Up to 4 decimals, trailing zeros dropped ("-2", "0.125", "nan").
     public static func trimmed(_ v: Double) -> String {
-        var s = fixed(v, 4)
-        guard s.contains("."), !s.contains("e") else { return s }
-        while s.hasSuffix("0") { s.removeLast() }
-        if s.hasSuffix(".") { s.removeLast() }
-        return s
+        var out: [UInt8] = []
+        out.reserveCapacity(24)
+        appendTrimmed(&out, v)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// ``trimmed(_:)`` appended to `out`, trimmed in place (no `String`
+    /// editing: explanations print several numbers per order).
+    static func appendTrimmed(_ out: inout [UInt8], _ v: Double) {
+        let start = out.count
+        append(&out, v, 4)
+        let dot = UInt8(ascii: "."), zero = UInt8(ascii: "0")
+        guard out[start...].contains(dot), !out[start...].contains(UInt8(ascii: "e")) else { return }
+        while out.last == zero { out.removeLast() }
+        if out.last == dot { out.removeLast() }
     }
 
     /// ``fixed(_:_:grouping:)`` appended to `out`.
@@ -36,23 +46,29 @@ public enum Format {
         let scaled = Int((abs(v) * Double(scale)).rounded())
         var whole = scaled / scale
         var fraction = scaled % scale
-        let start = out.count
-        if decimals > 0 {
-            for _ in 0..<decimals {
-                out.append(UInt8(48 + fraction % 10))
-                fraction /= 10
+        // Digits are written backwards into a stack buffer and appended in
+        // one piece (appending byte by byte checks capacity every time).
+        // At most 15 integer digits, 4 separators, 4 decimals, '.', '-'.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { buffer in
+            var p = buffer.count
+            func put(_ byte: UInt8) { p -= 1; buffer[p] = byte }
+            if decimals > 0 {
+                for _ in 0..<decimals {
+                    put(UInt8(48 + fraction % 10))
+                    fraction /= 10
+                }
+                put(UInt8(ascii: "."))
             }
-            out.append(UInt8(ascii: "."))
+            var count = 0
+            repeat {
+                if grouping && count > 0 && count % 3 == 0 { put(UInt8(ascii: ",")) }
+                put(UInt8(48 + whole % 10))
+                whole /= 10
+                count += 1
+            } while whole > 0
+            if v < 0 && scaled != 0 { put(UInt8(ascii: "-")) }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[p...]))
         }
-        var count = 0
-        repeat {
-            if grouping && count > 0 && count % 3 == 0 { out.append(UInt8(ascii: ",")) }
-            out.append(UInt8(48 + whole % 10))
-            whole /= 10
-            count += 1
-        } while whole > 0
-        if v < 0 && scaled != 0 { out.append(UInt8(ascii: "-")) }
-        out[start...].reverse()
     }
 }
 
@@ -67,7 +83,13 @@ struct TextBuilder {
         text.withUTF8Buffer { bytes.append(contentsOf: $0) }
     }
 
-    mutating func add(_ text: String) { bytes.append(contentsOf: text.utf8) }
+    mutating func add(_ text: String) {
+        var text = text
+        text.withUTF8 { bytes.append(contentsOf: $0) }
+    }
+
+    /// Empties the text, keeping its storage for the next one.
+    mutating func clear() { bytes.removeAll(keepingCapacity: true) }
 
     /// A percentage with one decimal.
     mutating func percent(_ x: Double) {
@@ -79,6 +101,11 @@ struct TextBuilder {
     mutating func money(_ v: Double) { Format.append(&bytes, v, 2, grouping: true) }
 
     mutating func fixed(_ v: Double, _ decimals: Int) { Format.append(&bytes, v, decimals) }
+
+    mutating func integer(_ k: Int) { Format.append(&bytes, Double(k), 0) }
+
+    /// Up to 4 decimals, trailing zeros dropped (``Format/trimmed(_:)``).
+    mutating func number(_ v: Double) { Format.appendTrimmed(&bytes, v) }
 
     var text: String { String(decoding: bytes, as: UTF8.self) }
 }

@@ -38,22 +38,27 @@ struct Limits {
         var hi = [Double](repeating: 1, count: n)
         var reason = [Bound](repeating: .none, count: n)
         var noBuy = [Bool](repeating: false, count: n)
-        for (i, instrument) in instruments.enumerated() {
+        let excluded = mandate.excludedInstruments, blocked = mandate.blockedPurchases
+        let esgFloor = mandate.esgFloor, knowledge = profile.knowledge
+        // Indexed access: iterating the instruments would copy each one (and
+        // retain its strings and arrays) on the engine's hot path.
+        for i in 0..<n {
             if let cap = mandate.maxInstrumentWeight, cap < hi[i] { hi[i] = cap; reason[i] = .instrumentCap }
-            if !mandate.excludedInstruments.isEmpty && mandate.excludedInstruments.contains(instrument.id) {
+            let score = instruments[i].esgScore
+            if !excluded.isEmpty && excluded.contains(instruments[i].id) {
                 hi[i] = 0; reason[i] = .excluded; noBuy[i] = true
-            } else if mandate.esgFloor > 0, let score = instrument.esgScore, score < mandate.esgFloor {
+            } else if esgFloor > 0, let score, score < esgFloor {
                 hi[i] = 0; reason[i] = .esg; noBuy[i] = true
             } else {
-                if instrument.requiredKnowledge > profile.knowledge {
+                if instruments[i].requiredKnowledge > knowledge {
                     noBuy[i] = true
                     if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .knowledge }
                 }
-                if mandate.esgFloor > 0 && instrument.esgScore == nil {
+                if esgFloor > 0 && score == nil {
                     noBuy[i] = true
                     if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .unratedESG }
                 }
-                if !mandate.blockedPurchases.isEmpty && mandate.blockedPurchases.contains(instrument.id) {
+                if !blocked.isEmpty && blocked.contains(instruments[i].id) {
                     noBuy[i] = true
                     if current[i] < hi[i] { hi[i] = current[i]; reason[i] = .repurchaseBlock }
                 }
@@ -62,26 +67,45 @@ struct Limits {
         self.hi = hi
         self.hiReason = reason
         self.noBuy = noBuy
-        func groups(_ key: (Instrument) -> String?, _ caps: [String: Double]) -> ([Int], [String], [Double]) {
-            var names: [String] = []
-            var index: [String: Int] = [:]
-            var of = [Int](repeating: -1, count: instruments.count)
-            guard !caps.isEmpty else { return (of, [], []) }
-            var uncapped: Set<String> = []
-            for (i, instrument) in instruments.enumerated() {
-                guard let k = key(instrument) else { continue }
-                // Names repeat: one lookup for a name already seen.
-                if let g = index[k] { of[i] = g; continue }
-                if uncapped.contains(k) { continue }
-                guard caps[k] != nil else { uncapped.insert(k); continue }
-                index[k] = names.count; of[i] = names.count; names.append(k)
+        // Sectors: names repeat, and there are usually few of them, so a
+        // name is looked up among the groups found so far (``NameIndex``)
+        // and in the caps only once.
+        var sectorOf = [Int](repeating: -1, count: n)
+        var sectorNames: [String] = [], sectorCaps: [Double] = []
+        if !mandate.sectorCaps.isEmpty {
+            var seen = NameIndex()  // every sector name met: its group, or -1 when uncapped
+            for i in 0..<n {
+                let name = instruments[i].sector
+                if let g = seen[name] { sectorOf[i] = g; continue }
+                guard let cap = mandate.sectorCaps[name] else { seen.insert(name, -1); continue }
+                seen.insert(name, sectorNames.count)
+                sectorOf[i] = sectorNames.count
+                sectorNames.append(name)
+                sectorCaps.append(cap)
             }
-            return (of, names, names.map { caps[$0]! })
         }
-        (sectorOf, sectorNames, sectorCaps) = groups({ $0.sector }, mandate.sectorCaps)
-        var classCaps: [String: Double] = [:]
-        for (k, v) in mandate.assetClassCaps { classCaps[k.rawValue] = v }
-        (classOf, classNames, self.classCaps) = groups({ $0.assetClass.rawValue }, classCaps)
+        (self.sectorOf, self.sectorNames, self.sectorCaps) = (sectorOf, sectorNames, sectorCaps)
+        // Asset classes: an enum, grouped by case without strings.
+        var classOf = [Int](repeating: -1, count: n)
+        var classNames: [String] = [], classCaps: [Double] = []
+        if !mandate.assetClassCaps.isEmpty {
+            var groupOfCase = [Int](repeating: -2, count: AssetClass.caseCount)
+            for i in 0..<n {
+                let assetClass = instruments[i].assetClass
+                let c = assetClass.ordinal
+                if groupOfCase[c] == -2 {
+                    if let cap = mandate.assetClassCaps[assetClass] {
+                        groupOfCase[c] = classNames.count
+                        classNames.append(assetClass.rawValue)
+                        classCaps.append(cap)
+                    } else {
+                        groupOfCase[c] = -1
+                    }
+                }
+                classOf[i] = groupOfCase[c]
+            }
+        }
+        (self.classOf, self.classNames, self.classCaps) = (classOf, classNames, classCaps)
         investedCap = max(0, 1 - mandate.minCashWeight)
     }
 
@@ -386,6 +410,54 @@ struct Limits {
         for i in 0..<n where of[i] >= 0 {
             let g = of[i]
             if sums[g] > caps[g] { w[i] -= (sums[g] - caps[g]) / Double(members[g]) }
+        }
+    }
+}
+
+extension AssetClass {
+    static let caseCount = 8
+
+    /// 0 ..< ``caseCount``, in declaration order.
+    var ordinal: Int {
+        switch self {
+        case .unspecified: 0
+        case .equity: 1
+        case .fixedIncome: 2
+        case .cashEquivalent: 3
+        case .commodity: 4
+        case .realEstate: 5
+        case .alternative: 6
+        case .multiAsset: 7
+        }
+    }
+}
+
+/// Strings to small integers, for names that repeat across instruments
+/// (sectors): while there are few names it compares them one by one, which
+/// for short strings is a comparison of two machine words and much cheaper
+/// than hashing; past ``linearLimit`` names it switches to a dictionary, so
+/// that many distinct names stay linear in time.
+struct NameIndex {
+    static let linearLimit = 16
+    private var names: [String] = []
+    private var values: [Int] = []
+    private var table: [String: Int]? = nil
+
+    subscript(name: String) -> Int? {
+        if let table { return table[name] }
+        guard let k = names.firstIndex(of: name) else { return nil }
+        return values[k]
+    }
+
+    /// Adds a name that is not in the index yet.
+    mutating func insert(_ name: String, _ value: Int) {
+        if table != nil { table![name] = value; return }
+        names.append(name)
+        values.append(value)
+        if names.count > Self.linearLimit {
+            table = Dictionary(uniqueKeysWithValues: zip(names, values))
+            names = []
+            values = []
         }
     }
 }

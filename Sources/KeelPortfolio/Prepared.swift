@@ -17,7 +17,6 @@ struct Prepared {
     let strategic: [Double]
     /// Σ strategic (after scaling to leave the minimum cash).
     let investedTarget: Double
-    let series: [[Double]]
     /// Daily log returns of each series (computed once for features and risk).
     let returns: [[Double]]
     let stats: [FeatureSet.SeriesStats]
@@ -36,76 +35,85 @@ struct Prepared {
         }
         var index: [String: Int] = [:]
         index.reserveCapacity(n)
-        var series: [[Double]] = []
         var returns: [[Double]] = []
         var stats: [FeatureSet.SeriesStats] = []
-        series.reserveCapacity(n)
         returns.reserveCapacity(n)
         stats.reserveCapacity(n)
         var lots = [Double](repeating: 1, count: n)
-        for (i, instrument) in instruments.enumerated() {
-            let id = instrument.id
+        var ids: [String] = [], prices: [Double] = [], defaultVolatility: [Double] = []
+        ids.reserveCapacity(n)
+        prices.reserveCapacity(n)
+        defaultVolatility.reserveCapacity(n)
+        let allowFractional = input.mandate.allowFractional
+        // Indexed access: iterating the instruments would copy each one (and
+        // retain its strings and arrays) on the engine's hot path.
+        for i in 0..<n {
+            let id = instruments[i].id, price = instruments[i].price
             guard !id.isEmpty else { throw bad("instrument \(i) has an empty id") }
             guard index.updateValue(i, forKey: id) == nil else { throw bad("instrument '\(id)' is listed twice") }
-            guard instrument.price.isFinite, instrument.price > 0 else {
-                throw bad("instrument '\(id)': price \(instrument.price) is not a finite number > 0")
+            guard price.isFinite, price > 0 else {
+                throw bad("instrument '\(id)': price \(price) is not a finite number > 0")
             }
-            if let bad = instrument.priceHistory.firstIndex(where: { !$0.isFinite || $0 <= 0 }) {
-                throw EngineError(.invalidInput, "instrument '\(id)': price_history[\(bad)] = "
-                    + "\(instrument.priceHistory[bad]) is not a finite number > 0")
+            let lotSize = instruments[i].lotSize
+            guard lotSize.isFinite, lotSize >= 0 else {
+                throw bad("instrument '\(id)': lot_size \(lotSize) is not a finite number >= 0")
             }
-            guard instrument.lotSize.isFinite, instrument.lotSize >= 0 else {
-                throw bad("instrument '\(id)': lot_size \(instrument.lotSize) is not a finite number >= 0")
-            }
-            if let score = instrument.esgScore, !(score.isFinite && score >= 0 && score <= 100) {
+            if let score = instruments[i].esgScore, !(score.isFinite && score >= 0 && score <= 100) {
                 throw bad("instrument '\(id)': esg_score \(score) is outside 0...100")
             }
-            guard instrument.halfSpreadBps.isFinite, instrument.halfSpreadBps >= 0 else {
-                throw bad("instrument '\(id)': half_spread_bps \(instrument.halfSpreadBps) is not a finite number >= 0")
+            let halfSpread = instruments[i].halfSpreadBps
+            guard halfSpread.isFinite, halfSpread >= 0 else {
+                throw bad("instrument '\(id)': half_spread_bps \(halfSpread) is not a finite number >= 0")
             }
-            guard instrument.averageDailyVolume.isFinite, instrument.averageDailyVolume >= 0 else {
-                throw bad("instrument '\(id)': average_daily_volume \(instrument.averageDailyVolume) is not a finite number >= 0")
+            let volume = instruments[i].averageDailyVolume
+            guard volume.isFinite, volume >= 0 else {
+                throw bad("instrument '\(id)': average_daily_volume \(volume) is not a finite number >= 0")
             }
-            if let given = instrument.series {
-                guard given.prices.last == instrument.price,
-                      !given.prices.contains(where: { !$0.isFinite || $0 <= 0 })
-                else {
-                    throw bad("instrument '\(id)': its analysed series does not end at its price \(instrument.price)")
+            if let given = instruments[i].series {
+                guard given.prices.last == price, given.pricesAreValid else {
+                    throw bad("instrument '\(id)': its analysed series does not end at its price \(price)")
                 }
-                series.append(given.prices)
                 returns.append(given.returns)
                 stats.append(given.stats)
             } else {
-                let s = FeatureSet.series(of: instrument)
+                let history = instruments[i].priceHistory
+                if let bad = history.firstIndex(where: { !$0.isFinite || $0 <= 0 }) {
+                    throw EngineError(.invalidInput, "instrument '\(id)': price_history[\(bad)] = "
+                        + "\(history[bad]) is not a finite number > 0")
+                }
+                let s = FeatureSet.series(of: instruments[i])
                 let r = FeatureSet.logReturns(s)
-                series.append(s)
                 returns.append(r)
                 stats.append(FeatureSet.stats(s, returns: r))
             }
-            lots[i] = input.mandate.allowFractional ? 0 : (instrument.lotSize > 0 ? instrument.lotSize : 1)
+            lots[i] = allowFractional ? 0 : (lotSize > 0 ? lotSize : 1)
+            ids.append(id)
+            prices.append(price)
+            defaultVolatility.append(instruments[i].assetClass.defaultVolatility)
         }
-        ids = instruments.map(\.id)
-        prices = instruments.map(\.price)
-        self.series = series
+        self.ids = ids
+        self.prices = prices
         self.returns = returns
         self.stats = stats
         lot = lots
-        defaultVolatility = instruments.map(\.assetClass.defaultVolatility)
+        self.defaultVolatility = defaultVolatility
 
         let portfolio = input.portfolio
         guard portfolio.cash.isFinite, portfolio.cash >= 0 else {
             throw bad("portfolio cash \(portfolio.cash) is not a finite number >= 0")
         }
         var quantity = [Double](repeating: 0, count: n)
-        for (k, holding) in portfolio.holdings.enumerated() {
-            guard let i = index[holding.instrumentID] else {
-                throw bad("holding \(k): instrument '\(holding.instrumentID)' is not among the request's instruments "
+        let holdings = portfolio.holdings
+        for k in holdings.indices {
+            let id = holdings[k].instrumentID, held = holdings[k].quantity
+            guard let i = index[id] else {
+                throw bad("holding \(k): instrument '\(id)' is not among the request's instruments "
                     + "(every held instrument needs its price)")
             }
-            guard holding.quantity.isFinite, holding.quantity >= 0 else {
-                throw bad("holding '\(holding.instrumentID)': quantity \(holding.quantity) is not a finite number >= 0")
+            guard held.isFinite, held >= 0 else {
+                throw bad("holding '\(id)': quantity \(held) is not a finite number >= 0")
             }
-            quantity[i] += holding.quantity
+            quantity[i] += held
         }
         self.quantity = quantity
         var value = portfolio.cash
@@ -114,7 +122,6 @@ struct Prepared {
             throw bad("the portfolio's value (cash plus holdings at current prices) is \(value); it must be > 0")
         }
         self.value = value
-        let prices = self.prices
         w0 = (0..<n).map { quantity[$0] * prices[$0] / value }
         cash0 = portfolio.cash / value
 

@@ -59,10 +59,13 @@ public struct RiskModel: Sendable {
             var total = 0.0
             for k in stride(from: t - 1, through: 0, by: -1) { weights[k] = w; total += w; w *= lambda }
             for k in 0..<t { weights[k] = (weights[k] / total * FeatureSet.tradingDaysPerYear).squareRoot() }
-            for i in 0..<n where usable[i] {
-                let r = returns[i]
-                let offset = r.count - t
-                for k in 0..<t { f[k * n + i] = weights[k] * r[offset + k] }
+            f.withUnsafeMutableBufferPointer { fp in
+                for i in 0..<n where usable[i] {
+                    returns[i].withUnsafeBufferPointer { r in
+                        let offset = r.count - t
+                        for k in 0..<t { fp[k &* n &+ i] = weights[k] * r[offset &+ k] }
+                    }
+                }
             }
         }
         factors = f
@@ -197,23 +200,29 @@ public enum Suitability {
     }
 }
 
-/// Σ a[i]·b[i] with four independent partial sums (so the additions
-/// pipeline instead of waiting on each other), combined in a fixed order:
-/// deterministic, and about four times faster than one running sum.
+/// Σ a[i]·b[i] with eight independent partial sums in four two-lane vectors
+/// (so the additions pipeline instead of waiting on each other, and each
+/// load fetches two values), combined in a fixed order: deterministic, and
+/// about eight times faster than one running sum.
 @inline(__always)
 func dot(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, _ n: Int) -> Double {
-    var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    typealias V = SIMD2<Double>
+    let pa = UnsafeRawPointer(a), pb = UnsafeRawPointer(b)
+    var s0 = V(), s1 = V(), s2 = V(), s3 = V()
     var i = 0
-    while i + 4 <= n {
-        s0 += a[i] * b[i]
-        s1 += a[i + 1] * b[i + 1]
-        s2 += a[i + 2] * b[i + 2]
-        s3 += a[i + 3] * b[i + 3]
-        i += 4
+    while i &+ 8 <= n {
+        let o = i &* 8
+        s0 += pa.loadUnaligned(fromByteOffset: o, as: V.self) * pb.loadUnaligned(fromByteOffset: o, as: V.self)
+        s1 += pa.loadUnaligned(fromByteOffset: o &+ 16, as: V.self) * pb.loadUnaligned(fromByteOffset: o &+ 16, as: V.self)
+        s2 += pa.loadUnaligned(fromByteOffset: o &+ 32, as: V.self) * pb.loadUnaligned(fromByteOffset: o &+ 32, as: V.self)
+        s3 += pa.loadUnaligned(fromByteOffset: o &+ 48, as: V.self) * pb.loadUnaligned(fromByteOffset: o &+ 48, as: V.self)
+        i &+= 8
     }
+    var tail = 0.0
     while i < n {
-        s0 += a[i] * b[i]
-        i += 1
+        tail += a[i] * b[i]
+        i &+= 1
     }
-    return (s0 + s1) + (s2 + s3)
+    let s = (s0 + s1) + (s2 + s3)
+    return (s[0] + s[1]) + tail
 }

@@ -461,7 +461,8 @@ struct EngineUnitTests {
 
     enum BadInput: String, CaseIterable, Sendable {
         case negativePrice, duplicateID, unknownHolding, riskToleranceZero, strategicAboveOne, negativeCash,
-             badHistory, unknownStrategic, negativeQuantity, capAboveOne, noInstruments, zeroValue
+             badHistory, unknownStrategic, negativeQuantity, capAboveOne, noInstruments, zeroValue,
+             seriesWithBadPrice, seriesEndingElsewhere
     }
 
     @Test("invalid inputs are refused with a message naming the problem", arguments: BadInput.allCases)
@@ -485,6 +486,15 @@ struct EngineUnitTests {
         case .noInstruments: input.instruments = []; input.portfolio.holdings = []; input.mandate.strategicWeights = []
             expected = "no instruments"
         case .zeroValue: input.portfolio.holdings = []; input.portfolio.cash = 0; expected = "value"
+        case .seriesWithBadPrice:
+            // An analysed series (as the market state keeps) is checked once, when it is built.
+            var prices = Self.history(1)
+            prices[5] = -1
+            input.instruments[0].series = FeatureSet.SeriesData(prices: prices)
+            expected = "instrument 'A': its analysed series"
+        case .seriesEndingElsewhere:
+            input.instruments[1].series = FeatureSet.SeriesData(prices: Self.history(2, last: 90))
+            expected = "instrument 'B': its analysed series does not end at its price 100.0"
         }
         let error = #expect(throws: EngineError.self) { try RebalanceEngine().rebalance(input, policy: LinearPolicy.flat) }
         #expect(error?.code == .invalidInput)
