@@ -48,18 +48,21 @@ public enum CivilDay {
 
     /// `YYYY-MM-DD` → day number, or nil when malformed or impossible.
     public static func parse(_ text: String) -> Int? {
-        let u = Array(text.utf8)
-        guard u.count == 10, u[4] == UInt8(ascii: "-"), u[7] == UInt8(ascii: "-") else { return nil }
-        func number(_ r: Range<Int>) -> Int? {
-            var v = 0
-            for k in r {
-                guard u[k] >= 48, u[k] <= 57 else { return nil }
-                v = v * 10 + Int(u[k] - 48)
+        var text = text
+        // The UTF-8 in place (no array: every tax lot's date is parsed per request).
+        return text.withUTF8 { u -> Int? in
+            guard u.count == 10, u[4] == UInt8(ascii: "-"), u[7] == UInt8(ascii: "-") else { return nil }
+            func number(_ r: Range<Int>) -> Int? {
+                var v = 0
+                for k in r {
+                    guard u[k] >= 48, u[k] <= 57 else { return nil }
+                    v = v * 10 + Int(u[k] - 48)
+                }
+                return v
             }
-            return v
+            guard let y = number(0..<4), let m = number(5..<7), let d = number(8..<10) else { return nil }
+            return day(year: y, month: m, day: d)
         }
-        guard let y = number(0..<4), let m = number(5..<7), let d = number(8..<10) else { return nil }
-        return day(year: y, month: m, day: d)
     }
 
     /// `YYYY-MM-DD`.

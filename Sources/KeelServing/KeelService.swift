@@ -313,6 +313,13 @@ public final class KeelService: RequestHandler {
                 throw RPCStatus(.internal, "cannot encode the audit record: \(error)")
             }
             ProtobufWire.appendLengthDelimited(&payload, field: 8, out)  // DecisionRecord.response
+            if let bytes, !record.hasPortfolio, !record.hasRiskProfile, !record.hasMandate {
+                // The request's portfolio, risk profile and mandate, as the
+                // client encoded them (rebalanceNow left them out of the record).
+                guard ProtobufWire.copyFields(from: bytes, renumber: Self.requestToRecordFields, into: &payload) else {
+                    throw RPCStatus(.internal, "cannot copy the request's portfolio into the audit record")
+                }
+            }
             do throws(AuditError) {
                 let auditStart = ContinuousClock.now
                 let receipt = try await audit.append(AuditEntry(kind: .decision, accountID: account,
@@ -444,9 +451,11 @@ public final class KeelService: RequestHandler {
             record.requestDigest = AuditDigest.sha256Hex(encoded)
         }
         record.requestID = request.requestID
-        record.portfolio = request.portfolio
-        record.riskProfile = request.riskProfile
-        record.mandate = request.mandate
+        if bytes == nil {
+            record.portfolio = request.portfolio
+            record.riskProfile = request.riskProfile
+            record.mandate = request.mandate
+        }  // else performRebalance copies them from the request's bytes, without encoding them again
         record.prices = input.instruments.map { instrument in
             var w = Keel_V1_Weight()
             w.id = instrument.id
@@ -462,6 +471,10 @@ public final class KeelService: RequestHandler {
         record.latencyNanos = Self.nanos(ContinuousClock.now - arrived)
         return (response, record, pending)
     }
+
+    /// RebalanceRequest's portfolio (2), risk_profile (4) and mandate (5)
+    /// are DecisionRecord's fields 3, 4 and 5.
+    static let requestToRecordFields = [2: 3, 4: 4, 5: 5]
 
     static func nanos(_ d: Duration) -> Int64 {
         let (seconds, attos) = d.components

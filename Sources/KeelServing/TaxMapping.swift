@@ -28,41 +28,45 @@ public enum TaxMapping {
     static func lots(_ portfolio: Keel_V1_Portfolio, tradeDay: Int, known: Set<String>) throws(RPCStatus) -> [TaxLot] {
         func bad(_ message: String) -> RPCStatus { RPCStatus(.invalidArgument, message) }
         var lots: [TaxLot] = []
-        var seen: [String: String] = [:]
-        for (h, holding) in portfolio.holdings.enumerated() {
-            let f = "portfolio.holdings[\(h)]"
+        // Field names are built only for an error message: this runs for
+        // every lot of every Rebalance.
+        var seen: [String: (holding: Int, lot: Int)] = [:]
+        func holdingField(_ h: Int) -> String { "portfolio.holdings[\(h)]" }
+        func lotField(_ h: Int, _ k: Int) -> String { "\(holdingField(h)).lots[\(k)]" }
+        for h in portfolio.holdings.indices {
+            let holding = portfolio.holdings[h]
             guard known.contains(holding.instrumentID) else {
-                throw bad("\(f).instrument_id '\(holding.instrumentID)' is not among the request's instruments")
+                throw bad("\(holdingField(h)).instrument_id '\(holding.instrumentID)' is not among the request's instruments")
             }
             guard holding.quantity.isFinite, holding.quantity >= 0 else {
-                throw bad("\(f).quantity \(holding.quantity) is not a finite number >= 0")
+                throw bad("\(holdingField(h)).quantity \(holding.quantity) is not a finite number >= 0")
             }
             guard !holding.lots.isEmpty else { continue }
             var total = 0.0
             for (k, lot) in holding.lots.enumerated() {
-                let g = "\(f).lots[\(k)]"
-                guard !lot.lotID.isEmpty else { throw bad("\(g).lot_id is empty") }
-                if let first = seen[lot.lotID] {
-                    throw bad("\(g).lot_id '\(lot.lotID)' is also the id of \(first)")
+                guard !lot.lotID.isEmpty else { throw bad("\(lotField(h, k)).lot_id is empty") }
+                if let first = seen.updateValue((h, k), forKey: lot.lotID) {
+                    throw bad("\(lotField(h, k)).lot_id '\(lot.lotID)' is also the id of \(lotField(first.holding, first.lot))")
                 }
-                seen[lot.lotID] = g
                 guard lot.quantity.isFinite, lot.quantity > 0 else {
-                    throw bad("\(g).quantity \(lot.quantity) is not a finite number > 0")
+                    throw bad("\(lotField(h, k)).quantity \(lot.quantity) is not a finite number > 0")
                 }
                 guard lot.costPerShare.isFinite, lot.costPerShare >= 0 else {
-                    throw bad("\(g).cost_per_share \(lot.costPerShare) is not a finite number >= 0")
+                    throw bad("\(lotField(h, k)).cost_per_share \(lot.costPerShare) is not a finite number >= 0")
                 }
                 guard let day = CivilDay.parse(lot.acquiredOn), CivilDay.supported.contains(day) else {
-                    throw bad("\(g).acquired_on '\(lot.acquiredOn)' is not a date of the form YYYY-MM-DD")
+                    throw bad("\(lotField(h, k)).acquired_on '\(lot.acquiredOn)' is not a date of the form YYYY-MM-DD")
                 }
                 guard day <= tradeDay else {
-                    throw bad("\(g).acquired_on \(lot.acquiredOn) is after the trade date \(CivilDay.iso(tradeDay))")
+                    throw bad("\(lotField(h, k)).acquired_on \(lot.acquiredOn) is after the trade date "
+                        + "\(CivilDay.iso(tradeDay))")
                 }
                 total += lot.quantity
                 lots.append(TaxLot(id: lot.lotID, instrumentID: holding.instrumentID, quantity: lot.quantity,
                                    acquiredDay: day, costPerShare: lot.costPerShare))
             }
             guard abs(total - holding.quantity) <= 1e-9 * max(1, holding.quantity) else {
+                let f = holdingField(h)
                 throw bad("\(f).lots add up to \(total) shares but \(f).quantity is \(holding.quantity)")
             }
         }
@@ -149,11 +153,10 @@ public enum TaxMapping {
     /// `replacement_for_tax`, then `replacement_candidates`.
     static func replacements(_ instruments: [Keel_V1_Instrument]) -> [String: [String]] {
         var out: [String: [String]] = [:]
-        for m in instruments {
+        for m in instruments where !m.replacementForTax.isEmpty || !m.replacementCandidates.isEmpty {
             var list: [String] = []
-            for id in [m.replacementForTax] + m.replacementCandidates where !id.isEmpty && !list.contains(id) {
-                list.append(id)
-            }
+            if !m.replacementForTax.isEmpty { list.append(m.replacementForTax) }
+            for id in m.replacementCandidates where !id.isEmpty && !list.contains(id) { list.append(id) }
             if !list.isEmpty { out[m.id] = list }
         }
         return out
@@ -162,18 +165,21 @@ public enum TaxMapping {
     /// Checks that every replacement names an instrument of the request
     /// other than itself.
     static func checkReplacements(_ instruments: [Keel_V1_Instrument]) throws(RPCStatus) {
+        guard instruments.contains(where: { !$0.replacementForTax.isEmpty || !$0.replacementCandidates.isEmpty }) else {
+            return
+        }
         let ids = Set(instruments.map(\.id))
         for (k, m) in instruments.enumerated() {
-            let named = [("replacement_for_tax", m.replacementForTax)]
-                + m.replacementCandidates.enumerated().map { ("replacement_candidates[\($0.offset)]", $0.element) }
-            for (field, id) in named where !id.isEmpty || field != "replacement_for_tax" {
+            func check(_ id: String, _ field: @autoclosure () -> String) throws(RPCStatus) {
                 guard ids.contains(id) else {
-                    throw RPCStatus(.invalidArgument, "instruments[\(k)].\(field) '\(id)' is not among the request's instruments")
+                    throw RPCStatus(.invalidArgument, "instruments[\(k)].\(field()) '\(id)' is not among the request's instruments")
                 }
                 guard id != m.id else {
-                    throw RPCStatus(.invalidArgument, "instruments[\(k)].\(field) names the instrument itself")
+                    throw RPCStatus(.invalidArgument, "instruments[\(k)].\(field()) names the instrument itself")
                 }
             }
+            if !m.replacementForTax.isEmpty { try check(m.replacementForTax, "replacement_for_tax") }
+            for (j, id) in m.replacementCandidates.enumerated() { try check(id, "replacement_candidates[\(j)]") }
         }
     }
 
