@@ -13,7 +13,9 @@ public enum RebalanceMapping {
         "ASSET_CLASS_ALTERNATIVE": .alternative, "ASSET_CLASS_MULTI_ASSET": .multiAsset,
     ]
 
-    static func assetClass(_ value: Keel_V1_AssetClass, _ field: String) throws(RPCStatus) -> AssetClass {
+    static func assetClass(_ value: Keel_V1_AssetClass, _ field: @autoclosure () -> String) throws(RPCStatus)
+        -> AssetClass
+    {
         switch value {
         case .unspecified: .unspecified
         case .equity: .equity
@@ -23,16 +25,18 @@ public enum RebalanceMapping {
         case .realEstate: .realEstate
         case .alternative: .alternative
         case .multiAsset: .multiAsset
-        case .UNRECOGNIZED(let raw): throw RPCStatus(.invalidArgument, "\(field): unknown asset class \(raw)")
+        case .UNRECOGNIZED(let raw): throw RPCStatus(.invalidArgument, "\(field()): unknown asset class \(raw)")
         }
     }
 
-    static func knowledge(_ value: Keel_V1_KnowledgeLevel, _ field: String) throws(RPCStatus) -> KnowledgeLevel {
+    static func knowledge(_ value: Keel_V1_KnowledgeLevel, _ field: @autoclosure () -> String) throws(RPCStatus)
+        -> KnowledgeLevel
+    {
         switch value {
         case .unspecified, .basic: .basic
         case .informed: .informed
         case .advanced: .advanced
-        case .UNRECOGNIZED(let raw): throw RPCStatus(.invalidArgument, "\(field): unknown knowledge level \(raw)")
+        case .UNRECOGNIZED(let raw): throw RPCStatus(.invalidArgument, "\(field()): unknown knowledge level \(raw)")
         }
     }
 
