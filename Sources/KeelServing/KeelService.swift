@@ -647,23 +647,32 @@ public final class KeelService: RequestHandler {
                             identicalGroups: TaxMapping.identicalGroups(request.instruments), tradeDay: day),
             day: day)
         let replacements = TaxMapping.replacements(request.instruments)
-        let value = RebalanceMapping.totalValue(input)
-        var held: [String: Double] = [:]
-        for h in input.portfolio.holdings { held[h.instrumentID, default: 0] += h.quantity }
-        var price: [String: Double] = [:]
-        for m in input.instruments { price[m.id] = m.price }
+        // One index of the instruments serves prices, holdings and value
+        // (this runs on every Rebalance of a household with a recent harvest).
+        let instruments = input.instruments
+        var index: [String: Int] = [:]
+        index.reserveCapacity(instruments.count)
+        for i in instruments.indices { index[instruments[i].id] = i }
+        var held = [Double](repeating: 0, count: instruments.count)
+        var value = input.portfolio.cash
+        for h in input.portfolio.holdings {
+            guard let i = index[h.instrumentID] else { continue }
+            held[i] += h.quantity
+            value += h.quantity * instruments[i].price
+        }
         var strategicIndex: [String: Int] = [:]
         for (k, w) in input.mandate.strategicWeights.enumerated() where strategicIndex[w.id] == nil { strategicIndex[w.id] = k }
-        for m in input.instruments {
-            guard let harvestDay = blockedSince[m.id] else { continue }
+        for i in instruments.indices {
+            let id = instruments[i].id
+            guard let harvestDay = blockedSince[id] else { continue }
             // The first candidate that is not blocked itself.
-            let replacement = replacements[m.id]?.first { blockedSince[$0] == nil && price[$0] != nil }
-            plan.blocked[m.id] = (harvestDay, replacement)
-            input.mandate.blockedPurchases.insert(m.id)
-            var note = "\(m.id) is not bought until \(CivilDay.iso(harvestDay + 31)) (wash-sale window after the "
+            let replacement = replacements[id]?.first { blockedSince[$0] == nil && index[$0] != nil }
+            plan.blocked[id] = (harvestDay, replacement)
+            input.mandate.blockedPurchases.insert(id)
+            var note = "\(id) is not bought until \(CivilDay.iso(harvestDay + 31)) (wash-sale window after the "
                 + "harvest on \(CivilDay.iso(harvestDay)))"
-            if let r = replacement, value > 0, let k = strategicIndex[m.id] {
-                let current = (held[m.id] ?? 0) * m.price / value
+            if let r = replacement, value > 0, let k = strategicIndex[id] {
+                let current = held[i] * instruments[i].price / value
                 let excess = max(0, input.mandate.strategicWeights[k].weight - current)
                 if excess > 0 {
                     input.mandate.strategicWeights[k].weight -= excess

@@ -133,16 +133,29 @@ public final class MarketState: Sendable {
     public func analysedSeries(for instrumentID: String)
         -> (series: FeatureSet.SeriesData, latestPrice: Double, latestTime: Int64)?
     {
-        quotes.withLock { q in
-            guard var history = q[instrumentID] else { return nil }
-            if let cached = history.analysed {
-                return (cached, history.latest.price, history.latest.timeUnixNanos)
-            }
-            let data = FeatureSet.SeriesData(prices: history.closes)
-            history.analysed = data
-            q[instrumentID] = history
-            return (data, history.latest.price, history.latest.timeUnixNanos)
-        }
+        quotes.withLock { q in Self.analysed(&q, instrumentID) }
+    }
+
+    /// ``analysedSeries(for:)`` for several instruments under one lock (a
+    /// Rebalance asks for all of its instruments at once); nil entries are
+    /// passed over and answered nil.
+    public func analysedSeries(for instrumentIDs: [String?])
+        -> [(series: FeatureSet.SeriesData, latestPrice: Double, latestTime: Int64)?]
+    {
+        quotes.withLock { q in instrumentIDs.map { id in id.flatMap { Self.analysed(&q, $0) } } }
+    }
+
+    /// Reads the cached analysis in place (no copy of the history), or
+    /// computes and keeps it.
+    private static func analysed(_ q: inout [String: History], _ instrumentID: String)
+        -> (series: FeatureSet.SeriesData, latestPrice: Double, latestTime: Int64)?
+    {
+        guard let at = q.index(forKey: instrumentID) else { return nil }
+        let latest = q.values[at].latest
+        if let cached = q.values[at].analysed { return (cached, latest.price, latest.timeUnixNanos) }
+        let data = FeatureSet.SeriesData(prices: q.values[at].closes)
+        q.values[at].analysed = data
+        return (data, latest.price, latest.timeUnixNanos)
     }
 
     /// An instrument's daily series (oldest first, today's latest price last)

@@ -48,6 +48,9 @@ public enum RebalanceMapping {
         var instruments: [Instrument] = []
         instruments.reserveCapacity(request.instruments.count)
         var newest: Int64 = 0
+        // The market state's analysed series of every instrument that brings
+        // no history of its own, fetched under one lock.
+        let states = market.analysedSeries(for: request.instruments.map { $0.priceHistory.isEmpty ? $0.id : nil })
         for (k, m) in request.instruments.enumerated() {
             var price = m.price
             var history: [Double] = []
@@ -56,7 +59,7 @@ public enum RebalanceMapping {
                 history.reserveCapacity(m.priceHistory.count)
                 for point in m.priceHistory { history.append(point.price) }
                 newest = max(newest, m.priceHistory.last?.timeUnixNanos ?? 0)
-            } else if let state = market.analysedSeries(for: m.id), price == 0 || price == state.latestPrice {
+            } else if let state = states[k], price == 0 || price == state.latestPrice {
                 // The market state's series, already analysed: the common case
                 // of a client that streams prices and sends portfolios.
                 price = state.latestPrice
