@@ -70,7 +70,10 @@ struct Prepared {
                 throw bad("instrument '\(id)': average_daily_volume \(volume) is not a finite number >= 0")
             }
             if let given = instruments[i].series {
-                guard given.prices.last == price, given.pricesAreValid else {
+                guard given.pricesAreValid else {
+                    throw bad("instrument '\(id)': its analysed series holds a price that is not a finite number > 0")
+                }
+                guard given.prices.last == price else {
                     throw bad("instrument '\(id)': its analysed series does not end at its price \(price)")
                 }
                 returns.append(given.returns)

@@ -491,7 +491,7 @@ struct EngineUnitTests {
             var prices = Self.history(1)
             prices[5] = -1
             input.instruments[0].series = FeatureSet.SeriesData(prices: prices)
-            expected = "instrument 'A': its analysed series"
+            expected = "instrument 'A': its analysed series holds a price that is not a finite number > 0"
         case .seriesEndingElsewhere:
             input.instruments[1].series = FeatureSet.SeriesData(prices: Self.history(2, last: 90))
             expected = "instrument 'B': its analysed series does not end at its price 100.0"
