@@ -385,7 +385,7 @@ public enum DirectIndexing {
                     proceeds += sell(j, lot: id, row: r) ?? 0
                 }
                 for (i, share) in s.assets where proceeds * share > 1e-6 && data.isListed(i, atRow: r) {
-                    buy(i, amount: proceeds * share, row: r)
+                    _ = buy(i, amount: proceeds * share, row: r)  // the new lot is in `lots`; its id is not needed here
                 }
             }
             switchBacks = waiting
