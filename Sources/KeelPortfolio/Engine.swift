@@ -338,14 +338,9 @@ private func bisect(_ feasible: (Double) -> Bool) -> Double {
 }
 
 /// One-way turnover of the trades `shift + α·d` (shift = start − current
-/// weights): max(Σ buys, Σ sells), without building the point.
+/// weights), without building the point.
 func oneWayTurnover(_ shift: [Double], _ d: [Double], _ alpha: Double) -> Double {
-    var buys = 0.0, sells = 0.0
-    for i in 0..<shift.count {
-        let delta = shift[i] + alpha * d[i]
-        if delta > 0 { buys += delta } else { sells -= delta }
-    }
-    return max(buys, sells)
+    oneWayTurnover(count: shift.count) { shift[$0] + alpha * d[$0] }
 }
 
 /// The largest α in [0, 1] with `oneWayTurnover(shift, d, α) ≤ limit`,
@@ -385,11 +380,17 @@ func largestStep(_ shift: [Double], _ d: [Double], limit: Double) -> Double? {
     return oneWayTurnover(shift, d, alpha) <= limit ? alpha : nil
 }
 
-/// One-way turnover between two weight vectors: max(Σ buys, Σ sells).
+/// One-way turnover between two weight vectors.
 func turnover(_ from: [Double], _ to: [Double]) -> Double {
+    oneWayTurnover(count: from.count) { to[$0] - from[$0] }
+}
+
+/// max(Σ buys, Σ sells) of the trades `trade(0) ..< trade(count)`.
+@inline(__always)
+private func oneWayTurnover(count: Int, _ trade: (Int) -> Double) -> Double {
     var buys = 0.0, sells = 0.0
-    for i in 0..<from.count {
-        let delta = to[i] - from[i]
+    for i in 0..<count {
+        let delta = trade(i)
         if delta > 0 { buys += delta } else { sells -= delta }
     }
     return max(buys, sells)

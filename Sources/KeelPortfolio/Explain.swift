@@ -58,10 +58,6 @@ extension RebalanceEngine {
 
 /// Plain-language text for advisors and clients.
 enum Summary {
-    static func money(_ v: Double) -> String { Format.money(v) }
-
-    static func number(_ v: Double) -> String { Format.trimmed(v) }
-
     /// The plain-language reason for one order, appended to `t`.
     static func explanation(into t: inout TextBuilder, _ order: Order, asset i: Int, x: Prepared, z: Double,
                             limits: Limits, weightAfter: Double, maxVol: Double)

@@ -313,7 +313,7 @@ public final class KeelService: RequestHandler {
                 throw RPCStatus(.internal, "cannot encode the audit record: \(error)")
             }
             ProtobufWire.appendLengthDelimited(&payload, field: 8, out)  // DecisionRecord.response
-            if let bytes, !record.hasPortfolio, !record.hasRiskProfile, !record.hasMandate {
+            if let bytes {
                 // The request's portfolio, risk profile and mandate, as the
                 // client encoded them (rebalanceNow left them out of the record).
                 guard ProtobufWire.copyFields(from: bytes, renumber: Self.requestToRecordFields, into: &payload) else {

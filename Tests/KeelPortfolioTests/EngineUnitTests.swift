@@ -454,9 +454,9 @@ struct EngineUnitTests {
         let input = Self.input(instruments, holdings: ["A": 10], cash: 1e21, mandate: Mandate(strategicWeights: [("A", 0.5), ("B", 0.5)]))
         let d = try RebalanceEngine().rebalance(input, policy: LinearPolicy.flat)
         #expect(!d.summary.isEmpty)
-        #expect(Summary.money(1e20) == "1e+20")
-        #expect(Summary.money(1_234_567.891) == "1,234,567.89" && Summary.money(-0.5) == "-0.50")
-        #expect(Summary.number(1_400) == "1400" && Summary.number(0.123456) == "0.1235")
+        #expect(Format.money(1e20) == "1e+20")
+        #expect(Format.money(1_234_567.891) == "1,234,567.89" && Format.money(-0.5) == "-0.50")
+        #expect(Format.trimmed(1_400) == "1400" && Format.trimmed(0.123456) == "0.1235")
     }
 
     enum BadInput: String, CaseIterable, Sendable {
