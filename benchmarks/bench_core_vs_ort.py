@@ -10,11 +10,15 @@ the same preallocated inputs, driven from the same Python loop, one thread each:
                 `sess.run(names, feeds)` and io_binding with a preallocated
                 output buffer (`run_with_iobinding`); the table reports the
                 faster one for each N and says which it was.
-  Keel          through ctypes (Tests/python/keelcore.py), fast path: keel_tensor
-                structs and call arguments prepared once, one keel_session_run
-                call, then a memmove of the output into a preallocated array
-                (the table's number; the same without the copy is printed
-                below it). One OpenBLAS thread.
+  Keel          through ctypes (Tests/python/keelcore.py), the counterpart of
+                io_binding: input and a preallocated output array bound once
+                (keel_session_bind), then one keel_session_run_bound call per
+                run that writes the output array (the table's number). Also
+                timed and printed below the table: keel_session_run plus a
+                memmove of the output (two ctypes calls), and keel_session_run
+                alone (output left in session memory). One OpenBLAS thread;
+                dense layers run Keel's packed AVX-512 kernels when the CPU has
+                them, unless KEEL_GEMM=blas sends them to cblas_sgemm.
 
 Method: outputs are compared first (normwise relative error <= 1e-5), then a
 warm-up, then interleaved batches of calls (ORT batch, Keel batch, alternating
@@ -121,12 +125,14 @@ def bench_size(model_path: str, n: int, calls: int, batch: int, warmup: int):
 
     model = keelcore.Model.load(model_path)
     ksess = keelcore.Session(model)
-    fast = ksess.bind([x])
     y_keel = np.empty((n, 1), np.float32)
-    dst = [(y_keel.ctypes.data, y_keel.nbytes)]
+    keel_run = ksess.bind([x], outputs=[y_keel]).run  # keel_session_run_bound
+    fast = ksess.bind([x])                              # keel_session_run + memmove
+    y_copy = np.empty((n, 1), np.float32)
+    dst = [(y_copy.ctypes.data, y_copy.nbytes)]
     run_into = fast.run_into
 
-    def keel_run():
+    def keel_run_copy():
         run_into(dst)
 
     keel_view = fast.run  # output left in session memory (a view), no copy
@@ -135,13 +141,15 @@ def bench_size(model_path: str, n: int, calls: int, batch: int, warmup: int):
     (ref,) = sess.run(names, feeds)
     ort_iob()
     keel_run()
+    keel_run_copy()
     denom = max(float(np.abs(ref).max()), 1e-30)
-    err_keel = float(np.abs(y_keel - ref).max()) / denom
+    err_keel = max(float(np.abs(y_keel - ref).max()), float(np.abs(y_copy - ref).max())) / denom
     err_iob = float(np.abs(y_ort_buf - ref).max()) / denom
     if err_keel > 1e-5 or err_iob > 1e-6:
         raise SystemExit(f"N={n}: outputs disagree (keel rel err {err_keel:.2e}, io_binding {err_iob:.2e})")
 
-    contenders = {"ort_run": ort_run, "ort_iobinding": ort_iob, "keel": keel_run, "keel_view": keel_view}
+    contenders = {"ort_run": ort_run, "ort_iobinding": ort_iob, "keel": keel_run, "keel_run_copy": keel_run_copy,
+                  "keel_view": keel_view}
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -161,7 +169,7 @@ def bench_size(model_path: str, n: int, calls: int, batch: int, warmup: int):
     model.close()
     return {"N": n, "rel_err_keel_vs_ort": err_keel, "ort_method": best_ort, "ort": res[best_ort],
             "ort_run": res["ort_run"], "ort_iobinding": res["ort_iobinding"], "keel": res["keel"],
-            "keel_view": res["keel_view"],
+            "keel_run_copy": res["keel_run_copy"], "keel_view": res["keel_view"],
             "ratio_ort_over_keel_median": res[best_ort]["median_us"] / res["keel"]["median_us"],
             "ratio_ort_over_keel_p99": res[best_ort]["p99_us"] / res["keel"]["p99_us"]}
 
@@ -230,14 +238,17 @@ def main():
            "machine": platform.machine(), "cpus": os.cpu_count(),
            "ctypes_call_floor_us": ctypes_floor_ns() / 1000.0,
            "openblas": openblas_info(), "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
-           "cpu_avx512f": cpu_has_avx512(),
+           "cpu_avx512f": cpu_has_avx512(), "keel_gemm_env": os.environ.get("KEEL_GEMM"),
+           "keel_dense_kernels": cpu_has_avx512() and os.environ.get("KEEL_GEMM") != "blas",
            "model": f"Gemm/Relu MLP [N x {F}] -> {HID} -> {HID} -> 1, opset 17, seed {SEED}",
            "calls_per_engine": args.calls, "batch": args.batch, "warmup": args.warmup}
 
     print(f"Keel core vs ONNX Runtime {ort.__version__}: {env['model']}; one thread each; "
           f"{args.calls} timed calls per engine and N, interleaved batches of {args.batch}.")
     print(f"Keel's OpenBLAS: {env['openblas']}; OPENBLAS_CORETYPE={env['openblas_coretype_env'] or '(unset)'}; "
-          f"CPU AVX-512F: {'yes' if env['cpu_avx512f'] else 'no'}\n")
+          f"CPU AVX-512F: {'yes' if env['cpu_avx512f'] else 'no'}; Keel's dense layers: "
+          f"{'packed AVX-512 kernels' if env['keel_dense_kernels'] else 'cblas_sgemm'} "
+          f"(KEEL_GEMM={env['keel_gemm_env'] or '(unset)'})\n")
     print("| N | ORT median us | ORT p99 us | ORT call | Keel median us | Keel p99 us | ORT/Keel median | ORT/Keel p99 |")
     print("|---:|---:|---:|:---|---:|---:|---:|---:|")
     for r in results:
@@ -247,11 +258,13 @@ def main():
     print()
     for r in results:
         print(f"N={r['N']}: ORT sess.run median {r['ort_run']['median_us']:.1f} us, io_binding median "
-              f"{r['ort_iobinding']['median_us']:.1f} us; Keel without the output copy "
+              f"{r['ort_iobinding']['median_us']:.1f} us; Keel run + memmove median "
+              f"{r['keel_run_copy']['median_us']:.1f} us, run alone (output left in session memory) "
               f"{r['keel_view']['median_us']:.1f} us; Keel vs ORT normwise rel err {r['rel_err_keel_vs_ort']:.1e}")
     print(f"\nBoth include the Python loop and call overhead (a no-op ctypes call costs "
-          f"{env['ctypes_call_floor_us']:.2f} us here). Keel's time includes copying the output out.")
-    if env["cpu_avx512f"] and env["openblas_coretype_env"]:
+          f"{env['ctypes_call_floor_us']:.2f} us here). Keel's time includes writing the output into the "
+          f"caller's array, as io_binding's does.")
+    if env["cpu_avx512f"] and env["openblas_coretype_env"] and not env["keel_dense_kernels"]:
         print(f"Note: this CPU has AVX-512 but OPENBLAS_CORETYPE={env['openblas_coretype_env']} in the environment "
               f"pins OpenBLAS's kernel set; ONNX Runtime picks its own. Compare with the variable unset.")
     if args.json:

@@ -5,7 +5,8 @@
  * tensor's shape, precomputes each node's loop bounds and strides, and lays
  * out all intermediate tensors in one arena, reusing memory of tensors that
  * are no longer needed. A run with the same shapes as the previous one skips
- * planning and allocates nothing. Matrix products go through cblas_sgemm. */
+ * planning and allocates nothing. Matrix products go through cblas_sgemm,
+ * except products by constant weights on AVX-512 CPUs (dense.c). */
 #include "internal.h"
 
 #include <cblas.h>
@@ -695,7 +696,16 @@ static void sgemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, c
                 (blasint)n, (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb, beta, y, (blasint)n);
 }
 
-static void k_matmul(const kr_node *r, const float *a, const float *b, float *y) {
+/* The packed kernel applies when the planned product is the one it was packed for. */
+static bool dense_fits(const kn_node *n, const kr_node *r) {
+    return n->dense != NULL && keel_dense_k(n->dense) == r->k && keel_dense_n(n->dense) == r->n;
+}
+
+static void k_matmul(const kn_node *nd, const kr_node *r, const float *a, const float *b, float *y) {
+    if (r->fold_batch && dense_fits(nd, r)) {
+        keel_dense_run(nd->dense, r->batch * r->m, a, y);
+        return;
+    }
     if (r->fold_batch) {
         sgemm(false, false, r->batch * r->m, r->n, r->k, 1.0f, a, b, 0.0f, y);
         return;
@@ -718,6 +728,10 @@ static void k_matmul(const kr_node *r, const float *a, const float *b, float *y)
 
 static void k_gemm(const kn_node *n, const kr_node *r, const float *a, const float *b, const float *cc, float *y) {
     size_t m = r->m, nn = r->n;
+    if (dense_fits(n, r)) { /* bias, alpha, beta and the fused ReLU are in the packed layer */
+        keel_dense_run(n->dense, m, a, y);
+        return;
+    }
     bool relu = n->a.fused_relu;
     int ck = (r->gemm_c_kind != 0 && n->a.beta != 0.0f) ? r->gemm_c_kind : 0;
     if (ck == 2 && n->a.beta == 1.0f) {
@@ -873,7 +887,7 @@ static void run_node(keel_onnx_session *s, int ni) {
         k_binary(n->op, r, &s->shapes[o0], x, P[n->in[1]], y);
         break;
     case OP_MATMUL:
-        k_matmul(r, x, P[n->in[1]], y);
+        k_matmul(n, r, x, P[n->in[1]], y);
         break;
     case OP_GEMM:
         k_gemm(n, r, x, P[n->in[1]], n->n_in > 2 && n->in[2] >= 0 ? P[n->in[2]] : NULL, y);

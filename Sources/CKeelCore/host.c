@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -31,6 +32,10 @@ struct keel_model {
 struct keel_session {
     const keel_model *model;
     void *impl;
+    /* keel_session_bind: copies of the caller's views, and the run's own output views */
+    keel_tensor *bound_in, *bound_out, *run_out;
+    size_t n_bound_in, n_bound_out;
+    bool bound;
 };
 
 const char *keel_version_string(void) { return KEEL_VERSION_STRING; }
@@ -397,9 +402,19 @@ keel_status keel_session_create(const keel_model *model, keel_session **out, kee
     return KEEL_OK;
 }
 
+static void unbind(keel_session *s) {
+    free(s->bound_in);
+    free(s->bound_out);
+    free(s->run_out);
+    s->bound_in = s->bound_out = s->run_out = NULL;
+    s->n_bound_in = s->n_bound_out = 0;
+    s->bound = false;
+}
+
 void keel_session_free(keel_session *s) {
     if (s == NULL) return;
     s->model->backend->api->instance_free(s->impl);
+    unbind(s);
     free(s);
 }
 
@@ -409,6 +424,82 @@ keel_status keel_session_run(keel_session *s, const keel_tensor *inputs, size_t 
     if ((inputs == NULL && n_inputs != 0) || (outputs == NULL && n_outputs != 0))
         return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "inputs/outputs array is NULL with a non-zero count");
     return s->model->backend->api->instance_run(s->impl, inputs, n_inputs, outputs, n_outputs, err);
+}
+
+static void format_shape(const keel_tensor *t, char *buf, size_t cap) {
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (uint32_t i = 0; i < t->rank && i < KEEL_MAX_RANK && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? "," : "", (long long)t->shape[i]);
+    if (n < cap) snprintf(buf + n, cap - n, "]");
+}
+
+static size_t element_count(const keel_tensor *t, bool *ok) {
+    size_t count = 1;
+    *ok = t->rank <= KEEL_MAX_RANK;
+    for (uint32_t k = 0; *ok && k < t->rank; k++)
+        *ok = t->shape[k] >= 0 && keel_mul_size(count, (size_t)t->shape[k], &count) && count <= KEEL_MAX_ELEMENTS;
+    return *ok ? count : 0;
+}
+
+keel_status keel_session_bind(keel_session *s, const keel_tensor *inputs, size_t n_inputs, const keel_tensor *outputs,
+                              size_t n_outputs, keel_error *err) {
+    if (s == NULL) return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "session must not be NULL");
+    if ((inputs == NULL && n_inputs != 0) || (outputs == NULL && n_outputs != 0))
+        return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "inputs/outputs array is NULL with a non-zero count");
+    size_t want_in = keel_model_input_count(s->model), want_out = keel_model_output_count(s->model);
+    if (n_inputs != want_in)
+        return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "the model takes %zu inputs, %zu were bound", want_in, n_inputs);
+    if (n_outputs != want_out)
+        return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "the model has %zu outputs, %zu were bound", want_out, n_outputs);
+    for (size_t o = 0; o < n_outputs; o++) {
+        bool ok;
+        size_t count = element_count(&outputs[o], &ok);
+        if (!ok)
+            return keel_error_set(err, KEEL_ERR_SHAPE, "bound output %zu has an invalid shape", o);
+        if (outputs[o].data == NULL && count > 0)
+            return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "bound output %zu has NULL data", o);
+    }
+    unbind(s);
+    size_t ni = n_inputs ? n_inputs : 1, no = n_outputs ? n_outputs : 1;
+    s->bound_in = calloc(ni, sizeof *s->bound_in);
+    s->bound_out = calloc(no, sizeof *s->bound_out);
+    s->run_out = calloc(no, sizeof *s->run_out);
+    if (s->bound_in == NULL || s->bound_out == NULL || s->run_out == NULL) {
+        unbind(s);
+        return keel_error_set(err, KEEL_ERR_OUT_OF_MEMORY, "out of memory binding a session");
+    }
+    if (n_inputs) memcpy(s->bound_in, inputs, n_inputs * sizeof *inputs);
+    if (n_outputs) memcpy(s->bound_out, outputs, n_outputs * sizeof *outputs);
+    s->n_bound_in = n_inputs;
+    s->n_bound_out = n_outputs;
+    s->bound = true;
+    return KEEL_OK;
+}
+
+keel_status keel_session_run_bound(keel_session *s, keel_error *err) {
+    if (s == NULL) return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "session must not be NULL");
+    if (!s->bound) return keel_error_set(err, KEEL_ERR_INVALID_ARGUMENT, "no buffers are bound (keel_session_bind)");
+    keel_status st = s->model->backend->api->instance_run(s->impl, s->bound_in, s->n_bound_in, s->run_out,
+                                                          s->n_bound_out, err);
+    if (st != KEEL_OK) return st;
+    for (size_t o = 0; o < s->n_bound_out; o++) {
+        const keel_tensor *got = &s->run_out[o], *want = &s->bound_out[o];
+        bool same = got->rank == want->rank;
+        for (uint32_t k = 0; same && k < got->rank; k++) same = got->shape[k] == want->shape[k];
+        if (!same) {
+            char gs[160], ws[160];
+            format_shape(got, gs, sizeof gs);
+            format_shape(want, ws, sizeof ws);
+            return keel_error_set(err, KEEL_ERR_SHAPE, "output %zu has shape %s but its bound buffer has shape %s", o, gs, ws);
+        }
+    }
+    for (size_t o = 0; o < s->n_bound_out; o++) {
+        bool ok;
+        size_t count = element_count(&s->run_out[o], &ok);
+        /* the caller gave this buffer as writable output memory (keel_session_bind) */
+        if (count) memcpy((float *)(uintptr_t)s->bound_out[o].data, s->run_out[o].data, count * sizeof(float));
+    }
+    return KEEL_OK;
 }
 
 keel_status keel_session_set_memory_limit(keel_session *s, uint64_t bytes, keel_error *err) {

@@ -63,6 +63,8 @@ typedef struct kn_attrs {
     int relu_fused_away;    /* Relu: its producer applies it; this node only aliases */
 } kn_attrs;
 
+typedef struct keel_dense keel_dense; /* packed dense layer (dense.c) */
+
 typedef struct kn_node {
     char *name;             /* the node's name, or "#<index>" when it has none */
     char *op_type;
@@ -71,6 +73,7 @@ typedef struct kn_node {
     int *in;                /* value indices; -1 for an omitted optional input */
     int *out;
     kn_attrs a;
+    keel_dense *dense;      /* Gemm/MatMul by constant weights: packed at load (NULL = cblas_sgemm) */
 } kn_node;
 
 typedef struct kv_meta { char *key; char *value; } kv_meta;
@@ -169,6 +172,33 @@ keel_status keel_onnx_session_run(keel_onnx_session *s, const keel_tensor *input
  * shape of every model output. */
 keel_status keel_onnx_shape_check(const keel_onnx_model *m, const kr_shape *input_shapes,
                                   kr_shape *output_shapes, keel_error *err);
+
+/* ---- packed dense layers (dense.c) -------------------------------------------------- */
+
+/* keel_dense (declared with the graph IR): a matrix product by a constant
+ * right-hand side, packed once for Keel's own AVX-512 kernel:
+ * y[m,n] = alpha * a[m,k] . B[k,n] + beta * C, then ReLU when relu. Immutable
+ * after creation: shared by every session of a model. */
+
+/* Largest K and N packed; larger layers go through cblas_sgemm. */
+#define KEEL_DENSE_MAX_DIM 4096
+
+/* Whether models loaded now pack their dense layers: the CPU has AVX-512F and
+ * the environment variable KEEL_GEMM is not "blas". Thread-safe. */
+bool keel_dense_enabled(void);
+
+/* Pack B ([k,n], or [n,k] when trans_b) and C (NULL, or c_count == 1 or n
+ * values, broadcast to a row). 1 <= k, n <= KEEL_DENSE_MAX_DIM. On success the
+ * caller owns *out (keel_dense_free). KEEL_ERR_UNSUPPORTED off x86-64. */
+keel_status keel_dense_create(size_t k, size_t n, const float *b, int trans_b, float alpha, const float *c,
+                              size_t c_count, float beta, int relu, keel_dense **out, keel_error *err);
+void keel_dense_free(keel_dense *d);   /* NULL ok */
+size_t keel_dense_k(const keel_dense *d);
+size_t keel_dense_n(const keel_dense *d);
+
+/* y[m,n] (row stride n) from a[m,k] (row stride k). Allocates nothing;
+ * thread-safe (d is read only). */
+void keel_dense_run(const keel_dense *d, size_t m, const float *a, float *y);
 
 /* ---- small utilities ----------------------------------------------------------- */
 

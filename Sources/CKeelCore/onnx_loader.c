@@ -608,6 +608,48 @@ static keel_status value_info(load_ctx *c, const Onnx__ValueInfoProto *vi, const
 
 /* ---- model free ------------------------------------------------------------------ */
 
+static const kv_value *const_float(const keel_onnx_model *m, int v) {
+    if (v < 0) return NULL;
+    const kv_value *val = &m->values[v];
+    return val->kind == KV_CONST && val->dtype == KEEL_DTYPE_FLOAT32 && val->fdata != NULL ? val : NULL;
+}
+
+/* Give every Gemm (A not transposed, B constant, C absent or a constant scalar
+ * or row) and every MatMul by a constant 2-D B a packed copy of its weights.
+ * Layers outside the kernels' range keep cblas_sgemm. Only running out of
+ * memory is an error. */
+static keel_status pack_dense_layers(keel_onnx_model *m, keel_error *err) {
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        kn_node *nd = &m->nodes[i];
+        if ((nd->op != OP_GEMM && nd->op != OP_MATMUL) || nd->n_in < 2) continue;
+        const kv_value *b = const_float(m, nd->in[1]);
+        if (b == NULL || b->rank != 2) continue;
+        bool gemm = nd->op == OP_GEMM;
+        if (gemm && nd->a.trans_a) continue;
+        int trans_b = gemm && nd->a.trans_b;
+        size_t k = (size_t)(trans_b ? b->dims[1] : b->dims[0]);
+        size_t n = (size_t)(trans_b ? b->dims[0] : b->dims[1]);
+        if (k == 0 || n == 0 || k > KEEL_DENSE_MAX_DIM || n > KEEL_DENSE_MAX_DIM) continue;
+        const float *c = NULL;
+        size_t c_count = 0;
+        if (gemm && nd->n_in > 2 && nd->in[2] >= 0 && nd->a.beta != 0.0f) {
+            const kv_value *cv = const_float(m, nd->in[2]);
+            if (cv == NULL) continue;
+            bool scalar = cv->count == 1 && cv->rank <= 2;
+            bool row = (cv->rank == 1 && (size_t)cv->dims[0] == n) ||
+                       (cv->rank == 2 && cv->dims[0] == 1 && (size_t)cv->dims[1] == n);
+            if (!scalar && !row) continue;
+            c = cv->fdata;
+            c_count = cv->count;
+        }
+        keel_status st = keel_dense_create(k, n, b->fdata, trans_b, gemm ? nd->a.alpha : 1.0f, c, c_count,
+                                           gemm ? nd->a.beta : 0.0f, gemm && nd->a.fused_relu, &nd->dense, NULL);
+        if (st == KEEL_ERR_OUT_OF_MEMORY)
+            return keel_error_set(err, st, "out of memory packing the weights of node '%s' (%s)", nd->name, nd->op_type);
+    }
+    return KEEL_OK;
+}
+
 void keel_onnx_model_free(keel_onnx_model *m) {
     if (m == NULL) return;
     for (size_t i = 0; i < m->n_values; i++) {
@@ -621,6 +663,7 @@ void keel_onnx_model_free(keel_onnx_model *m) {
         free(m->nodes[i].op_type);
         free(m->nodes[i].in);
         free(m->nodes[i].out);
+        keel_dense_free(m->nodes[i].dense);
     }
     free(m->nodes);
     free(m->exec);
@@ -1029,6 +1072,12 @@ static keel_status check_graph(load_ctx *cp, const Onnx__GraphProto *g, name_map
             relu->a.relu_fused_away = 1;
         }
         free(uses);
+    }
+
+    /* Pack the constant weights of Gemm and MatMul layers for the dense kernels. */
+    if (keel_dense_enabled()) {
+        keel_status st = pack_dense_layers(m, err);
+        if (st != KEEL_OK) return st;
     }
 
     /* Execution list: every node but Constant. */

@@ -2,6 +2,7 @@
  * `make test-c`. Usage: keel_c_tests PLUGIN_DIR (the directory holding
  * libkeel_linear_backend.so and the fake plugins built by the Makefile). */
 #include "testlib.h"
+#include "../../Sources/CKeelCore/internal.h" /* the packed dense kernels are tested directly */
 
 #include <pthread.h>
 #include <unistd.h>
@@ -593,6 +594,162 @@ TEST(test_plugin_version_checks) {
     }
 }
 
+/* The packed dense kernel against a double-precision reference, over shapes
+ * that hit every tile height (1..6 rows), every panel width (1..4 vectors, full
+ * and masked), several panels, odd K, and n == 1; with and without bias,
+ * alpha, beta, ReLU and a transposed B. y is allocated exactly, so a store past
+ * its end is an AddressSanitizer error. */
+TEST(test_dense_kernel_matches_reference) {
+    if (!keel_dense_enabled()) {
+        printf("  (skipped: no AVX-512F on this CPU, or KEEL_GEMM=blas)\n");
+        return;
+    }
+    const size_t ms[] = {0, 1, 2, 3, 5, 6, 7, 11, 12, 13, 100};
+    const size_t ks[] = {1, 3, 16, 17, 32, 64, 65};
+    const size_t ns[] = {1, 2, 15, 16, 17, 33, 48, 64, 65, 127, 128, 130};
+    unsigned seed = 99;
+    int cases = 0;
+    for (size_t a = 0; a < sizeof ms / sizeof ms[0]; a++)
+        for (size_t b = 0; b < sizeof ks / sizeof ks[0]; b++)
+            for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++) {
+                size_t m = ms[a], k = ks[b], n = ns[c];
+                int trans_b = (int)((a + b + c) % 2);
+                int bias_kind = (int)((a * 7 + b * 3 + c) % 3); /* none, scalar, row */
+                int relu = (int)((a + c) % 2);
+                float alpha = (b % 3 == 0) ? 0.5f : 1.0f, beta = (c % 4 == 0) ? 2.0f : 1.0f;
+                float *A = malloc(sizeof(float) * (m * k + 1)), *B = malloc(sizeof(float) * k * n);
+                float *C = malloc(sizeof(float) * n), *Y = malloc(sizeof(float) * (m * n + 1));
+                for (size_t i = 0; i < m * k; i++) A[i] = t_rand(&seed);
+                for (size_t i = 0; i < k * n; i++) B[i] = t_rand(&seed);
+                for (size_t i = 0; i < n; i++) C[i] = t_rand(&seed);
+                keel_dense *d = NULL;
+                keel_status st = keel_dense_create(k, n, B, trans_b, alpha, bias_kind ? C : NULL,
+                                                   bias_kind == 1 ? 1 : n, beta, relu, &d, NULL);
+                CHECK(st == KEEL_OK && d != NULL, "create m=%zu k=%zu n=%zu", m, k, n);
+                if (d == NULL) { free(A); free(B); free(C); free(Y); continue; }
+                keel_dense_run(d, m, A, Y);
+                double worst = 0.0;
+                for (size_t i = 0; i < m; i++)
+                    for (size_t j = 0; j < n; j++) {
+                        double acc = 0.0, mag = 0.0;
+                        for (size_t p = 0; p < k; p++) {
+                            double t = (double)A[i * k + p] * (trans_b ? B[j * k + p] : B[p * n + j]);
+                            acc += t;
+                            mag += fabs(t);
+                        }
+                        double want = alpha * acc + (bias_kind ? beta * (double)C[bias_kind == 1 ? 0 : j] : 0.0);
+                        if (relu && want < 0.0) want = 0.0;
+                        double e = fabs(Y[i * n + j] - want) / (alpha * mag + fabs(beta * C[0]) + fabs(beta * C[j]) + 1e-6);
+                        if (e > worst) worst = e;
+                    }
+                CHECK(worst < 1e-6, "m=%zu k=%zu n=%zu trans_b=%d bias=%d relu=%d: relative error %g", m, k, n,
+                      trans_b, bias_kind, relu, worst);
+                keel_dense_free(d);
+                free(A); free(B); free(C); free(Y);
+                cases++;
+            }
+    CHECK(cases == 11 * 7 * 12, "ran %d cases", cases);
+
+    /* ReLU keeps NaN (as the reference Relu does) and clamps -inf */
+    float Bv[16 * 2], Av[2] = {NAN, -INFINITY}, Yv[16 * 2];
+    for (int i = 0; i < 32; i++) Bv[i] = 1.0f;
+    keel_dense *d = NULL;
+    CHECK(keel_dense_create(1, 16, Bv, 0, 1.0f, NULL, 0, 0.0f, 1, &d, NULL) == KEEL_OK, "create 1x16");
+    if (d) {
+        keel_dense_run(d, 2, Av, Yv);
+        CHECK(isnan(Yv[0]) && isnan(Yv[15]) && Yv[16] == 0.0f && Yv[31] == 0.0f, "relu of NaN / -inf: %g %g", Yv[0], Yv[16]);
+        keel_dense_free(d);
+    }
+    /* out of range: refused, not packed */
+    CHECK(keel_dense_create(KEEL_DENSE_MAX_DIM + 1, 1, Bv, 0, 1.0f, NULL, 0, 0.0f, 0, &d, NULL) == KEEL_ERR_UNSUPPORTED &&
+          d == NULL, "k beyond the range");
+    CHECK(keel_dense_create(1, 0, Bv, 0, 1.0f, NULL, 0, 0.0f, 0, &d, NULL) == KEEL_ERR_UNSUPPORTED, "n = 0");
+}
+
+/* A whole model through the packed kernels and through cblas_sgemm
+ * (KEEL_GEMM=blas at load) gives the same outputs. */
+TEST(test_dense_and_blas_paths_agree) {
+    size_t len;
+    uint8_t *buf = build_mlp(&len, 1);
+    keel_error err = {0};
+    keel_status st;
+    const char *saved = getenv("KEEL_GEMM");
+    char *keep = saved ? strdup(saved) : NULL;
+    setenv("KEEL_GEMM", "blas", 1);
+    CHECK(!keel_dense_enabled(), "KEEL_GEMM=blas turns the packed kernels off");
+    keel_model *mb = load(buf, len, &st, &err);
+    if (keep) setenv("KEEL_GEMM", keep, 1); else unsetenv("KEEL_GEMM");
+    free(keep);
+    keel_model *md = load(buf, len, &st, &err);
+    CHECK(mb && md, "both models load");
+    keel_session *sb = NULL, *sd = NULL;
+    if (mb && md && keel_session_create(mb, &sb, &err) == KEEL_OK && keel_session_create(md, &sd, &err) == KEEL_OK) {
+        unsigned seed = 5;
+        for (int n = 1; n <= 40; n += 13) {
+            float *x = malloc(sizeof(float) * (size_t)n * F);
+            for (int i = 0; i < n * F; i++) x[i] = t_rand(&seed) * 2.0f;
+            keel_tensor in = tensor2(x, n, F), ob, od;
+            CHECK(keel_session_run(sb, &in, 1, &ob, 1, &err) == KEEL_OK, "blas run");
+            CHECK(keel_session_run(sd, &in, 1, &od, 1, &err) == KEEL_OK, "dense run");
+            float worst = 0.0f;
+            for (int i = 0; i < n * O; i++) worst = fmaxf(worst, fabsf(ob.data[i] - od.data[i]));
+            CHECK(worst < 1e-5f, "n=%d: paths differ by %g", n, worst);
+            free(x);
+        }
+    }
+    keel_session_free(sb);
+    keel_session_free(sd);
+    keel_model_free(mb);
+    keel_model_free(md);
+    free(buf);
+}
+
+/* keel_session_bind / keel_session_run_bound: outputs land in the caller's
+ * buffer, the bound input is re-read on every run, and every misuse is a
+ * status with a message. */
+TEST(test_session_binding) {
+    size_t len;
+    uint8_t *buf = build_mlp(&len, 0);
+    keel_error err = {0};
+    keel_status st;
+    keel_model *m = load(buf, len, &st, &err);
+    keel_session *s = NULL;
+    CHECK(m && keel_session_create(m, &s, &err) == KEEL_OK, "session");
+    if (!s) { keel_model_free(m); free(buf); return; }
+    enum { N = 9 };
+    float x[N * F], y[N * O], ref[N * O];
+    unsigned seed = 3;
+    for (int i = 0; i < N * F; i++) x[i] = t_rand(&seed);
+    keel_tensor in = tensor2(x, N, F), out = tensor2(y, N, O);
+    CHECK(keel_session_run_bound(s, &err) == KEEL_ERR_INVALID_ARGUMENT && strstr(err.message, "bound"),
+          "run before bind: %s", err.message);
+    CHECK(keel_session_run_bound(NULL, &err) == KEEL_ERR_INVALID_ARGUMENT, "NULL session");
+    CHECK(keel_session_bind(s, &in, 2, &out, 1, &err) == KEEL_ERR_INVALID_ARGUMENT, "wrong input count");
+    CHECK(keel_session_bind(s, &in, 1, NULL, 1, &err) == KEEL_ERR_INVALID_ARGUMENT, "NULL outputs");
+    keel_tensor nodata = tensor2(NULL, N, O);
+    CHECK(keel_session_bind(s, &in, 1, &nodata, 1, &err) == KEEL_ERR_INVALID_ARGUMENT, "NULL output data");
+    CHECK_STATUS(keel_session_bind(s, &in, 1, &out, 1, &err), KEEL_OK, err);
+    for (int round = 0; round < 2; round++) {
+        CHECK_STATUS(keel_session_run_bound(s, &err), KEEL_OK, err);
+        mlp_reference(x, N, ref);
+        float worst = 0.0f;
+        for (int i = 0; i < N * O; i++) worst = fmaxf(worst, fabsf(y[i] - ref[i]));
+        CHECK(worst < 1e-5f, "round %d: bound output differs by %g", round, worst);
+        for (int i = 0; i < N * F; i++) x[i] = -x[i]; /* new values in the bound buffer */
+    }
+    /* a bound output of the wrong shape: an error naming both shapes, buffer untouched */
+    float small[2 * O];
+    for (int i = 0; i < 2 * O; i++) small[i] = 42.0f;
+    keel_tensor wrong = tensor2(small, 2, O);
+    CHECK_STATUS(keel_session_bind(s, &in, 1, &wrong, 1, &err), KEEL_OK, err);
+    CHECK(keel_session_run_bound(s, &err) == KEEL_ERR_SHAPE && strstr(err.message, "[9,3]") && strstr(err.message, "[2,3]"),
+          "shape mismatch: %s", err.message);
+    CHECK(small[0] == 42.0f && small[2 * O - 1] == 42.0f, "buffer untouched");
+    keel_session_free(s); /* frees the binding */
+    keel_model_free(m);
+    free(buf);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) g_plugin_dir = argv[1];
     RUN(test_sha256_vectors);
@@ -606,5 +763,8 @@ int main(int argc, char **argv) {
     RUN(test_concurrent_sessions_share_a_model);
     RUN(test_plugin_linear_backend);
     RUN(test_plugin_version_checks);
+    RUN(test_dense_kernel_matches_reference);
+    RUN(test_dense_and_blas_paths_agree);
+    RUN(test_session_binding);
     return t_report();
 }

@@ -11,6 +11,9 @@ The shared library is taken from the environment variable KEEL_LIB, default
     fast.run()                            # one ctypes call, nothing allocated
     fast.copy_outputs_into([y_buf])       # memmove into caller arrays
 
+    fast = s.bind([x], outputs=[y_buf])   # keel_session_bind: the core writes y_buf
+    fast.run()                            # keel_session_run_bound: one two-argument call
+
 Handles are freed deterministically by close(), by the context manager, or at
 the latest by __del__. A Session keeps a reference to its Model so the model
 always outlives its sessions, as keel.h requires.
@@ -141,6 +144,8 @@ def lib() -> ctypes.CDLL:
     proto("keel_session_create", st, vp, P(vp), E)
     proto("keel_session_free", None, vp)
     proto("keel_session_run", st, vp, P(_Tensor), sz, P(_Tensor), sz, E)
+    proto("keel_session_bind", st, vp, P(_Tensor), sz, P(_Tensor), sz, E)
+    proto("keel_session_run_bound", st, vp, E)
     proto("keel_session_set_memory_limit", st, vp, ctypes.c_uint64, E)
     proto("keel_sha256", None, ctypes.c_char_p, sz, ctypes.c_char * 32)
     _lib = L
@@ -150,6 +155,8 @@ def lib() -> ctypes.CDLL:
 _RUN_PROTO = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
                               ctypes.c_size_t, ctypes.c_void_p)
 _run_fn = None
+_RUN_BOUND_PROTO = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_run_bound_fn = None
 
 
 def _run_noconv():
@@ -158,6 +165,14 @@ def _run_noconv():
     if _run_fn is None:
         _run_fn = _RUN_PROTO(ctypes.cast(lib().keel_session_run, ctypes.c_void_p).value)
     return _run_fn
+
+
+def _run_bound_noconv():
+    """keel_session_run_bound through a CFUNCTYPE prototype (for pre-converted arguments)."""
+    global _run_bound_fn
+    if _run_bound_fn is None:
+        _run_bound_fn = _RUN_BOUND_PROTO(ctypes.cast(lib().keel_session_run_bound, ctypes.c_void_p).value)
+    return _run_bound_fn
 
 
 def _check(status: int, err: _Error, where: str) -> None:
@@ -370,10 +385,13 @@ class Session:
         _check(st, err, "keel_session_run")
         return [_view_output(tout[i]).copy() for i in range(n_out)]
 
-    def bind(self, inputs: Sequence[np.ndarray]) -> "BoundRun":
+    def bind(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray] | None = None) -> "BoundRun":
+        """A fast path for repeated runs. With outputs (preallocated float32
+        arrays of the output shapes), the core binds them (keel_session_bind)
+        and every run() writes them directly (keel_session_run_bound)."""
         if not self._h:
             raise ValueError("session is closed")
-        b = BoundRun(self, inputs)
+        b = BoundRun(self, inputs, outputs)
         self._bound.add(b)
         return b
 
@@ -406,9 +424,10 @@ class Session:
 class BoundRun:
     """Fast path: keel_tensor input/output arrays and the error struct are built
     once; run() is a single ctypes call. The input arrays are referenced (not
-    copied): write new values into them in place between runs."""
+    copied): write new values into them in place between runs. With outputs,
+    the session itself is bound (keel_session_bind) and run() fills them."""
 
-    def __init__(self, session: Session, inputs: Sequence[np.ndarray]):
+    def __init__(self, session: Session, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray] | None = None):
         self.session = session
         self.inputs = [_as_input(a) for a in inputs]  # keeps the memory alive
         self._tin = (_Tensor * max(len(self.inputs), 1))()
@@ -417,12 +436,26 @@ class BoundRun:
         self._n_out = session.n_outputs
         self._tout = (_Tensor * max(self._n_out, 1))()
         self._err = _Error()
-        # A prototype without per-call argument conversion, and arguments
-        # converted once: the call is the only work left per run.
-        self._fn = _run_noconv()
         vp, sz = ctypes.c_void_p, ctypes.c_size_t
-        self._args = (vp(session._h.value), vp(ctypes.addressof(self._tin)), sz(len(self.inputs)),
-                      vp(ctypes.addressof(self._tout)), sz(self._n_out), vp(ctypes.addressof(self._err)))
+        self.outputs = None
+        if outputs is not None:
+            self.outputs = list(outputs)
+            for i, a in enumerate(self.outputs):
+                if a.dtype != np.float32 or not a.flags["C_CONTIGUOUS"] or not a.flags["WRITEABLE"]:
+                    raise ValueError(f"bound output {i} must be a writable C-contiguous float32 array")
+                _fill_tensor(self._tout[i], a)
+            _check(lib().keel_session_bind(session._h, self._tin, len(self.inputs), self._tout, len(self.outputs),
+                                           ctypes.byref(self._err)), self._err, "keel_session_bind")
+            self._fn = _run_bound_noconv()
+            self._args = (vp(session._h.value), vp(ctypes.addressof(self._err)))
+            self._where = "keel_session_run_bound"
+        else:
+            # A prototype without per-call argument conversion, and arguments
+            # converted once: the call is the only work left per run.
+            self._fn = _run_noconv()
+            self._args = (vp(session._h.value), vp(ctypes.addressof(self._tin)), sz(len(self.inputs)),
+                          vp(ctypes.addressof(self._tout)), sz(self._n_out), vp(ctypes.addressof(self._err)))
+            self._where = "keel_session_run"
         self._memmove = ctypes.memmove
 
     def _invalidate(self) -> None:
@@ -434,10 +467,12 @@ class BoundRun:
     def run(self) -> None:
         st = self._fn(*self._args)
         if st:
-            _check(st, self._err, "keel_session_run")
+            _check(st, self._err, self._where)
 
     def outputs_view(self) -> list:
         """Zero-copy views of the outputs (valid until the next run)."""
+        if self.outputs is not None:
+            return self.outputs
         return [_view_output(self._tout[i]) for i in range(self._n_out)]
 
     def copy_outputs_into(self, dst: Sequence[np.ndarray]) -> None:

@@ -119,6 +119,18 @@ def test_binary_same_tensor_both_operands():
 # MatMul
 # --------------------------------------------------------------------------- #
 
+
+@pytest.fixture(params=["packed", "blas"])
+def gemm_path(request, monkeypatch):
+    """Products by constant weights run Keel's packed AVX-512 kernels where the
+    CPU has them (the default) or cblas_sgemm (KEEL_GEMM=blas, read when a model
+    loads): every test taking this fixture runs both ways."""
+    if request.param == "blas":
+        monkeypatch.setenv("KEEL_GEMM", "blas")
+    else:
+        monkeypatch.delenv("KEEL_GEMM", raising=False)
+    return request.param
+
 MATMUL = [
     # (id, shape A, shape B, B initializer)
     ("2d-init", (5, 7), (7, 3), True),
@@ -139,7 +151,7 @@ MATMUL = [
 
 @pytest.mark.parametrize("opset", [7, 13])
 @pytest.mark.parametrize("case", MATMUL, ids=[c[0] for c in MATMUL])
-def test_matmul(case, opset):
+def test_matmul(case, opset, gemm_path):
     cid, sa, sb, b_init = case
     rng = rng_for(f"mm{cid}")
     a, b = randn(rng, sa), randn(rng, sb)
@@ -180,7 +192,7 @@ def _gemm_id(c):
 
 
 @pytest.mark.parametrize("case", GEMM_CASES, ids=[_gemm_id(c) for c in GEMM_CASES])
-def test_gemm(case):
+def test_gemm(case, gemm_path):
     opset, cshape, ta, tb, alpha, beta = case
     rng = rng_for(_gemm_id(case))
     a = randn(rng, (K_, M_) if ta else (M_, K_))
@@ -200,13 +212,28 @@ def test_gemm(case):
     check_against_ort(m, [a], what=_gemm_id(case))
 
 
-def test_gemm_dynamic_m_with_bias_vector():
+def test_gemm_dynamic_m_with_bias_vector(gemm_path):
     rng = rng_for("gemm-dyn")
     w, c = randn(rng, (3, 7)), randn(rng, (3,))
     m = make_model([H("Gemm", ["a", "w", "c"], ["y"], name="g", transB=1)], [vi("a", ["M", 7])], [vi("y", None)],
                    [init("w", w), init("c", c)], opset=13)
     for n in (1, 2, 33):
         check_against_ort(m, [randn(rng, (n, 7))], what=f"M={n}")
+
+
+@pytest.mark.parametrize("k,n", [(1, 2), (17, 15), (32, 64), (65, 130), (64, 1), (200, 33)])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_relu_layer_shapes(k, n, trans_b, gemm_path):
+    """Dense layers of the sizes the packed kernels tile differently (partial
+    vectors, several 64-column panels, a single output column), each followed
+    by a Relu that is fused into the product, at every tile height."""
+    rng = rng_for(f"gemm-shapes-{k}-{n}-{trans_b}")
+    w = randn(rng, (n, k) if trans_b else (k, n))
+    c = randn(rng, (n,))
+    m = make_model([H("Gemm", ["a", "w", "c"], ["h"], name="g", transB=trans_b), H("Relu", ["h"], ["y"], name="r")],
+                   [vi("a", ["M", k])], [vi("y", None)], [init("w", w), init("c", c)], opset=13)
+    for rows in (1, 5, 6, 7, 100):
+        check_against_ort(m, [randn(rng, (rows, k))], what=f"M={rows}")
 
 
 # --------------------------------------------------------------------------- #
@@ -620,7 +647,7 @@ def mlp_gemm(sizes, storage="raw", seed="mlp", batch="N", transB=0):
 @pytest.mark.parametrize("storage", ["raw", "typed"])
 @pytest.mark.parametrize("transB", [0, 1])
 @pytest.mark.parametrize("n", [1, 7, 100])
-def test_mlp_32_64_64_1(storage, transB, n):
+def test_mlp_32_64_64_1(storage, transB, n, gemm_path):
     m = mlp_gemm([32, 64, 64, 1], storage, "mlp32", transB=transB)
     check_against_ort(m, [randn(rng_for(f"x{n}"), (n, 32))], what=f"MLP n={n}")
 
@@ -735,6 +762,29 @@ def test_bound_run_fast_path_matches_run():
         (ref2,) = s.run([x])
         np.testing.assert_array_equal(out2, ref2)
         assert not np.array_equal(out2, out)
+        # keel_session_bind: the core writes the caller's array on every run
+        out3 = np.full_like(out, np.nan)
+        bound = s.bind([x], outputs=[out3])
+        bound.run()
+        np.testing.assert_array_equal(out3, ref2)
+        x[:] = randn(rng, (50, 32))
+        bound.run()
+        (ref3,) = s.run([x])
+        np.testing.assert_array_equal(out3, ref3)
+
+
+def test_bound_output_of_the_wrong_shape_is_an_error():
+    m = mlp_gemm([4, 3, 2], "raw", "boundshape")
+    x = np.ones((5, 4), np.float32)
+    with keelcore.Model.from_bytes(m.SerializeToString()) as km, keelcore.Session(km) as s:
+        out = np.full((4, 2), 7.0, np.float32)
+        bound = s.bind([x], outputs=[out])
+        with pytest.raises(keelcore.KeelError) as e:
+            bound.run()
+        assert "[5,2]" in str(e.value) and "[4,2]" in str(e.value)
+        assert (out == 7.0).all()
+        with pytest.raises(ValueError):
+            s.bind([x], outputs=[np.ones((5, 2), np.float64)])
 
 
 def test_concurrent_sessions_share_one_model():

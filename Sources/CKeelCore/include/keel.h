@@ -151,6 +151,23 @@ void keel_session_free(keel_session *session);
 keel_status keel_session_run(keel_session *session, const keel_tensor *inputs, size_t n_inputs,
                              keel_tensor *outputs, size_t n_outputs, keel_error *err);
 
+/* Bind buffers for keel_session_run_bound, the cheapest call for a caller that
+ * runs the same shapes again and again (ONNX Runtime's IoBinding). inputs: as
+ * for keel_session_run; the session copies these views, and the memory they
+ * point to must stay valid (and hold the next run's input values) while bound.
+ * outputs: one per model output, each a caller-owned buffer (data) with the
+ * shape the run will produce (rank and shape); it must stay valid while bound.
+ * Binding again replaces the previous binding; keel_session_free releases it.
+ * Allocates (a few small arrays); not thread-safe per session. */
+keel_status keel_session_bind(keel_session *session, const keel_tensor *inputs, size_t n_inputs,
+                              const keel_tensor *outputs, size_t n_outputs, keel_error *err);
+
+/* Run with the bound buffers: reads the bound inputs, writes every output into
+ * its bound buffer. An output whose shape differs from its bound shape is
+ * KEEL_ERR_SHAPE (its buffer is left untouched). Allocates nothing after the
+ * first run at a given shape; not thread-safe per session. */
+keel_status keel_session_run_bound(keel_session *session, keel_error *err);
+
 /* Cap the session's working memory (bytes; 0 restores the default). A run that
  * would need more fails with KEEL_ERR_LIMIT. Built-in backend only; plugins
  * manage their own memory (KEEL_ERR_UNSUPPORTED). */
