@@ -39,6 +39,27 @@ static long runs_allocations(keel_session *s, int n, int feats, int times) {
     return atomic_load(&g_allocs);
 }
 
+/* The same through keel_session_bind / keel_session_run_bound. */
+static long bound_runs_allocations(keel_session *s, int n, int feats, int times) {
+    float *x = __libc_malloc(sizeof(float) * (size_t)n * (size_t)feats);
+    float *y = __libc_malloc(sizeof(float) * (size_t)n);
+    for (int i = 0; i < n * feats; i++) x[i] = (float)(i % 7) * 0.2f - 0.5f;
+    keel_tensor in = {x, 2, {n, feats}}, out = {y, 2, {n, 1}};
+    keel_error err;
+    long result = -1;
+    if (keel_session_bind(s, &in, 1, &out, 1, &err) == KEEL_OK && keel_session_run_bound(s, &err) == KEEL_OK) {
+        atomic_store(&g_allocs, 0);
+        atomic_store(&g_counting, 1);
+        int t = 0;
+        while (t < times && keel_session_run_bound(s, &err) == KEEL_OK) t++;
+        atomic_store(&g_counting, 0);
+        result = t == times ? atomic_load(&g_allocs) : -1;
+    }
+    __libc_free(x);
+    __libc_free(y);
+    return result;
+}
+
 int main(void) {
     t_current = "alloc";
     /* policy-shaped MLP: [N,32] -> 64 -> 64 -> 1 with Gemm/Relu, then Softmax over assets */
@@ -80,6 +101,8 @@ int main(void) {
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         long a = runs_allocations(sess, sizes[i], FEAT, 200);
         CHECK(a == 0, "N=%d: 200 repeated runs made %ld allocations", sizes[i], a);
+        long ab = bound_runs_allocations(sess, sizes[i], FEAT, 200);
+        CHECK(ab == 0, "N=%d: 200 repeated bound runs made %ld allocations", sizes[i], ab);
     }
     keel_session_free(sess);
     keel_model_free(m);
