@@ -19,6 +19,8 @@ enum AuditStore {
     static let schemaVersion = 1
     /// `meta.format` of every Keel audit log.
     static let formatName = "keel-audit"
+    /// `journal_size_limit` of writing connections, in bytes.
+    static let walSizeLimit = 64 << 20
     /// `prev_hash` of record 1.
     static let genesisHash = String(repeating: "0", count: 64)
 
@@ -226,6 +228,9 @@ enum AuditStore {
                     throw DatabaseError(resultCode: .SQLITE_ERROR, message: "cannot switch the journal to WAL mode")
                 }
                 try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+                // A WAL grown under sustained load is cut back to this size
+                // when it next restarts (SQLite otherwise keeps its largest size).
+                try db.execute(sql: "PRAGMA journal_size_limit = \(walSizeLimit)")
             }
         }
         var isDirectory: ObjCBool = false

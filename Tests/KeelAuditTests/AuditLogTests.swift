@@ -278,9 +278,28 @@ struct AuditLogTests {
         #expect(try log.pragma("journal_mode") == "wal")
         // PRAGMA synchronous: 1 = NORMAL, 2 = FULL.
         #expect(try log.pragma("synchronous") == (durability == .full ? "2" : "1"))
+        // A WAL grown under load is cut back when it restarts.
+        #expect(try log.pragma("journal_size_limit") == String(AuditStore.walSizeLimit))
         try fill(log, count: 2)
         log.close()
     }
+
+    #if os(Linux)
+    @Test("the checkpoint thread runs under SCHED_IDLE, so its copying never takes a core from a request")
+    func checkpointerRunsInBackground() async throws {
+        let scratch = try ScratchDirectory()
+        let log = try AuditLog(path: scratch.path("audit.db"), durability: .normal)
+        var state = log.checkpointerInBackground
+        for _ in 0..<200 where state == nil {
+            try await Task.sleep(for: .milliseconds(10))
+            state = log.checkpointerInBackground
+        }
+        #expect(state == true)
+        _ = try fill(log, count: 3)
+        log.close()
+        #expect(try AuditReader.verify(path: scratch.path("audit.db")).records == 3)
+    }
+    #endif
 
     @Test("entries outside the limits are refused before queueing", arguments: [
         ("NUL in account", AuditEntry(kind: .decision, accountID: "a\u{0}b", decisionID: "d",
