@@ -212,7 +212,7 @@ public final class AuditLog: Sendable {
 /// On Linux the thread runs under SCHED_IDLE: a pass copies several MB at
 /// 2,000 decisions/s (15 to 25 ms of one core), and at normal priority those
 /// bursts took a core from the requests in flight: p99 at 2,000 Rebalance/s
-/// went from 6.0 to 7.1 ms down to 3.2 to 3.9 ms under SCHED_IDLE
+/// was 5.9 to 13.3 ms at normal priority and 2.5 to 6.1 ms under SCHED_IDLE
 /// (benchmarks/RESULTS.md). The copying then uses the idle time between
 /// requests; when the machine is saturated it waits, and the WAL grows until
 /// the load eases.
