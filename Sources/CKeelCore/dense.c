@@ -68,7 +68,7 @@ keel_status keel_dense_create(size_t k, size_t n, const float *b, int trans_b, f
     d->alpha = alpha;
     d->relu = relu ? 1 : 0;
     /* k, n <= KEEL_DENSE_MAX_DIM (4096): these products cannot overflow */
-    size_t packed_count = n == 1 ? k : d->panels * k * PANEL;
+    size_t packed_count = keel_dense_footprint(k, n) - d->panels * PANEL;
     d->packed = keel_aligned_alloc(packed_count * sizeof(float));
     d->bias = keel_aligned_alloc(d->panels * PANEL * sizeof(float));
     if (d->packed == NULL || d->bias == NULL) {
@@ -94,6 +94,11 @@ keel_status keel_dense_create(size_t k, size_t n, const float *b, int trans_b, f
         for (size_t j = 0; j < n; j++) d->bias[j] = beta * (c_count == 1 ? c[0] : c[j]);
     *out = d;
     return KEEL_OK;
+}
+
+size_t keel_dense_footprint(size_t k, size_t n) {
+    size_t panels = (n + PANEL - 1) / PANEL;
+    return (n == 1 ? k : panels * k * PANEL) + panels * PANEL;
 }
 
 void keel_dense_free(keel_dense *d) {

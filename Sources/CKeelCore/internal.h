@@ -193,6 +193,8 @@ bool keel_dense_enabled(void);
 keel_status keel_dense_create(size_t k, size_t n, const float *b, int trans_b, float alpha, const float *c,
                               size_t c_count, float beta, int relu, keel_dense **out, keel_error *err);
 void keel_dense_free(keel_dense *d);   /* NULL ok */
+/* Floats a packed layer of this size holds (weights and bias, with padding). */
+size_t keel_dense_footprint(size_t k, size_t n);
 size_t keel_dense_k(const keel_dense *d);
 size_t keel_dense_n(const keel_dense *d);
 

@@ -619,6 +619,14 @@ static const kv_value *const_float(const keel_onnx_model *m, int v) {
  * Layers outside the kernels' range keep cblas_sgemm. Only running out of
  * memory is an error. */
 static keel_status pack_dense_layers(keel_onnx_model *m, keel_error *err) {
+    /* Packed copies may not outgrow the constants they copy: one initializer
+     * shared by a thousand Gemm nodes must not become a thousand copies. The
+     * budget is twice the model's float constants (padding to 64 columns can
+     * double a narrow layer) plus 4 MB; layers beyond it keep cblas_sgemm. */
+    size_t budget = (size_t)1 << 20;
+    for (size_t v = 0; v < m->n_values; v++)
+        if (m->values[v].kind == KV_CONST && m->values[v].dtype == KEEL_DTYPE_FLOAT32)
+            budget += 2 * m->values[v].count; /* count <= KEEL_MAX_ELEMENTS: no overflow in 64 bits */
     for (size_t i = 0; i < m->n_nodes; i++) {
         kn_node *nd = &m->nodes[i];
         if ((nd->op != OP_GEMM && nd->op != OP_MATMUL) || nd->n_in < 2) continue;
@@ -630,6 +638,8 @@ static keel_status pack_dense_layers(keel_onnx_model *m, keel_error *err) {
         size_t k = (size_t)(trans_b ? b->dims[1] : b->dims[0]);
         size_t n = (size_t)(trans_b ? b->dims[0] : b->dims[1]);
         if (k == 0 || n == 0 || k > KEEL_DENSE_MAX_DIM || n > KEEL_DENSE_MAX_DIM) continue;
+        size_t cost = keel_dense_footprint(k, n);
+        if (cost > budget) continue;
         const float *c = NULL;
         size_t c_count = 0;
         if (gemm && nd->n_in > 2 && nd->in[2] >= 0 && nd->a.beta != 0.0f) {
@@ -646,6 +656,7 @@ static keel_status pack_dense_layers(keel_onnx_model *m, keel_error *err) {
                                            gemm ? nd->a.beta : 0.0f, gemm && nd->a.fused_relu, &nd->dense, NULL);
         if (st == KEEL_ERR_OUT_OF_MEMORY)
             return keel_error_set(err, st, "out of memory packing the weights of node '%s' (%s)", nd->name, nd->op_type);
+        if (st == KEEL_OK) budget -= cost;
     }
     return KEEL_OK;
 }

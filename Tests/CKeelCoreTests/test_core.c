@@ -704,6 +704,51 @@ TEST(test_dense_and_blas_paths_agree) {
     free(buf);
 }
 
+/* One 256x256 initializer shared by a chain of 100 Gemm nodes: packing stays
+ * within its budget (about 17 copies), the other layers run through
+ * cblas_sgemm, and the chain of identities returns its input exactly. */
+TEST(test_dense_packing_budget_shared_weights) {
+    enum { D = 256, LAYERS = 100, ROWS = 7 };
+    float *eye = calloc((size_t)D * D, sizeof(float));
+    for (int i = 0; i < D; i++) eye[i * D + i] = 1.0f;
+    mb b;
+    mb_init(&b, 13);
+    mb_input(&b, "x", 2, (int64_t[]){-1, D});
+    mb_output(&b, "h100", 2, (int64_t[]){-1, D});
+    mb_init_f(&b, "I", 2, (int64_t[]){D, D}, eye, 1);
+    for (int l = 0; l < LAYERS; l++) {
+        char name[32], io[64];
+        snprintf(name, sizeof name, "g%d", l);
+        if (l == 0) snprintf(io, sizeof io, "x,I");
+        else snprintf(io, sizeof io, "h%d,I", l);
+        char out[16];
+        snprintf(out, sizeof out, "h%d", l + 1);
+        mb_node(&b, "Gemm", name, io, out);
+    }
+    size_t len;
+    uint8_t *buf = mb_pack(&b, &len);
+    mb_free(&b);
+    free(eye);
+    keel_error err = {0};
+    keel_status st;
+    keel_model *m = load(buf, len, &st, &err);
+    CHECK_STATUS(st, KEEL_OK, err);
+    keel_session *s = NULL;
+    if (m && keel_session_create(m, &s, &err) == KEEL_OK) {
+        float x[ROWS * D];
+        unsigned seed = 11;
+        for (int i = 0; i < ROWS * D; i++) x[i] = t_rand(&seed);
+        keel_tensor in = tensor2(x, ROWS, D), out;
+        CHECK_STATUS(keel_session_run(s, &in, 1, &out, 1, &err), KEEL_OK, err);
+        int differ = 0;
+        for (int i = 0; i < ROWS * D; i++) differ += out.data[i] != x[i];
+        CHECK(differ == 0, "%d outputs differ from the input after 100 identity layers", differ);
+    }
+    keel_session_free(s);
+    keel_model_free(m);
+    free(buf);
+}
+
 /* keel_session_bind / keel_session_run_bound: outputs land in the caller's
  * buffer, the bound input is re-read on every run, and every misuse is a
  * status with a message. */
@@ -765,6 +810,7 @@ int main(int argc, char **argv) {
     RUN(test_plugin_version_checks);
     RUN(test_dense_kernel_matches_reference);
     RUN(test_dense_and_blas_paths_agree);
+    RUN(test_dense_packing_budget_shared_weights);
     RUN(test_session_binding);
     return t_report();
 }
