@@ -41,15 +41,17 @@ struct keel_dense {
     int relu;
 };
 
-bool keel_dense_enabled(void) {
+const char *keel_dense_off_reason(void) {
 #if KEEL_DENSE_X86
     const char *mode = getenv("KEEL_GEMM");
-    if (mode != NULL && strcmp(mode, "blas") == 0) return false;
-    return keel_cpu_has_avx512() != 0;
+    if (mode != NULL && strcmp(mode, "blas") == 0) return "KEEL_GEMM=blas";
+    return keel_cpu_has_avx512() ? NULL : "no AVX-512F";
 #else
-    return false;
+    return "not an x86-64 CPU";
 #endif
 }
+
+bool keel_dense_enabled(void) { return keel_dense_off_reason() == NULL; }
 
 keel_status keel_dense_create(size_t k, size_t n, const float *b, int trans_b, float alpha, const float *c,
                               size_t c_count, float beta, int relu, keel_dense **out, keel_error *err) {

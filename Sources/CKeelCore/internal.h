@@ -95,7 +95,7 @@ typedef struct keel_onnx_model {
     size_t n_dim_param_storage;
     kv_meta *meta;
     size_t n_meta;
-    kv_meta props[5];       /* producer, producer_version, ir_version, opset, graph */
+    kv_meta props[6];       /* producer, producer_version, ir_version, opset, graph, kernels */
     size_t n_props;
     int64_t opset;
     int64_t ir_version;
@@ -186,6 +186,8 @@ keel_status keel_onnx_shape_check(const keel_onnx_model *m, const kr_shape *inpu
 /* Whether models loaded now pack their dense layers: the CPU has AVX-512F and
  * the environment variable KEEL_GEMM is not "blas". Thread-safe. */
 bool keel_dense_enabled(void);
+/* Why the packed kernels are off ("KEEL_GEMM=blas", "no AVX-512F"), or NULL when on. */
+const char *keel_dense_off_reason(void);
 
 /* Pack B ([k,n], or [n,k] when trans_b) and C (NULL, or c_count == 1 or n
  * values, broadcast to a row). 1 <= k, n <= KEEL_DENSE_MAX_DIM. On success the

@@ -1085,10 +1085,31 @@ static keel_status check_graph(load_ctx *cp, const Onnx__GraphProto *g, name_map
         free(uses);
     }
 
-    /* Pack the constant weights of Gemm and MatMul layers for the dense kernels. */
-    if (keel_dense_enabled()) {
-        keel_status st = pack_dense_layers(m, err);
-        if (st != KEEL_OK) return st;
+    /* Pack the constant weights of Gemm and MatMul layers for the dense kernels,
+     * and say which kernels run the products (the "kernels" property). */
+    {
+        const char *off = keel_dense_off_reason();
+        if (off == NULL) {
+            keel_status st = pack_dense_layers(m, err);
+            if (st != KEEL_OK) return st;
+        }
+        size_t products = 0, packed = 0;
+        for (size_t i = 0; i < m->n_nodes; i++) {
+            if (m->nodes[i].op != OP_GEMM && m->nodes[i].op != OP_MATMUL) continue;
+            products++;
+            packed += m->nodes[i].dense != NULL;
+        }
+        char value[160];
+        if (off == NULL)
+            snprintf(value, sizeof value, "AVX-512 packed weights for %zu of %zu matrix products, cblas_sgemm for the rest",
+                     packed, products);
+        else
+            snprintf(value, sizeof value, "cblas_sgemm for all %zu matrix products (packed kernels off: %s)", products, off);
+        kv_meta *prop = &m->props[m->n_props];
+        prop->key = keel_strdup("kernels");
+        prop->value = keel_strdup(value);
+        m->n_props++;
+        if (!prop->key || !prop->value) return OOM();
     }
 
     /* Execution list: every node but Constant. */

@@ -61,7 +61,8 @@ struct Inspect: ParsableCommand {
         line("model:", file)
         line("backend:", "\(backend.name) \(backend.version) (ABI \(backend.abiVersion))")
         line("producer:", model.producer ?? "-")
-        for (key, label) in [("opset", "opset:"), ("ir_version", "ir version:"), ("format", "format:")] {
+        for (key, label) in [("opset", "opset:"), ("ir_version", "ir version:"), ("format", "format:"),
+                             ("kernels", "kernels:")] {
             if let value = model.property(key) { line(label, value) }
         }
         if let kind = model.kind { line("kind:", kind) }

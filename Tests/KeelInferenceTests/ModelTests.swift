@@ -39,7 +39,10 @@ struct ModelTests {
         #expect(model.opHistogram.map(\.count) == [2, 1])
         #expect(model.parameterCount == TestMLP.parameterCount)
         #expect(model.producer == "keel-tests 1.0")
-        #expect(model.properties.map(\.key) == ["producer", "producer_version", "ir_version", "opset", "graph"])
+        #expect(model.properties.map(\.key) == ["producer", "producer_version", "ir_version", "opset", "graph", "kernels"])
+        // Two Gemm layers with constant weights: both packed where the CPU allows it.
+        let kernels = try #require(model.property("kernels"))
+        #expect(kernels.contains("2 of 2 matrix products") || kernels.hasPrefix("cblas_sgemm for all 2"))
         #expect(model.property("producer") == "keel-tests")
         #expect(model.property("absent") == nil)
     }

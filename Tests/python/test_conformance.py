@@ -936,6 +936,21 @@ def test_model_properties(opset):
         assert p["graph"] == f"graph_op{opset}"
         assert keelcore.lib().keel_model_property_lookup(km.handle, b"opset") == str(opset).encode()
         assert keelcore.lib().keel_model_property_lookup(km.handle, b"nope") is None
+        assert p["kernels"].startswith("cblas_sgemm for all 0") or "0 of 0 matrix products" in p["kernels"]
+
+
+def test_kernels_property_names_the_path(gemm_path):
+    """The "kernels" property says which kernels run a model's products: the
+    packed AVX-512 kernels (on CPUs that have them) or cblas_sgemm, and why."""
+    m = mlp_gemm([8, 16, 4], "raw", "kernels-prop")
+    with keelcore.Model.from_bytes(m.SerializeToString()) as km:
+        kernels = km.properties["kernels"]
+    if gemm_path == "blas":
+        assert kernels == "cblas_sgemm for all 2 matrix products (packed kernels off: KEEL_GEMM=blas)"
+    elif " avx512f" in open("/proc/cpuinfo").read():
+        assert kernels == "AVX-512 packed weights for 2 of 2 matrix products, cblas_sgemm for the rest"
+    else:
+        assert kernels == "cblas_sgemm for all 2 matrix products (packed kernels off: no AVX-512F)"
 
 
 def test_features_dynamic_last_dim_any_count_ok():
