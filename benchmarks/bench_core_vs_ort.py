@@ -17,8 +17,10 @@ the same preallocated inputs, driven from the same Python loop, one thread each:
                 timed and printed below the table: keel_session_run plus a
                 memmove of the output (two ctypes calls), and keel_session_run
                 alone (output left in session memory). One OpenBLAS thread;
-                dense layers run Keel's packed AVX-512 kernels when the CPU has
-                them, unless KEEL_GEMM=blas sends them to cblas_sgemm.
+                dense layers run Keel's packed AVX-512 (or AVX2) kernels when
+                the CPU has them, unless KEEL_GEMM=blas sends them to
+                cblas_sgemm (KEEL_GEMM=avx2 picks the AVX2 kernel). The model's
+                "kernels" property, printed in the header, says which ran.
 
 Method: outputs are compared first (normwise relative error <= 1e-5), then a
 warm-up, then interleaved batches of calls (ORT batch, Keel batch, alternating
@@ -230,6 +232,8 @@ def main():
     with tempfile.TemporaryDirectory() as td:
         path = os.path.join(td, "bench_policy.onnx")
         Path(path).write_bytes(data)
+        with keelcore.Model.load(path) as m:
+            kernels = m.properties.get("kernels", "(unknown)")  # which kernels run the products
         sizes = [int(s) for s in args.sizes.split(",")]
         results = [bench_size(path, n, args.calls, args.batch, args.warmup) for n in sizes]
 
@@ -239,16 +243,15 @@ def main():
            "ctypes_call_floor_us": ctypes_floor_ns() / 1000.0,
            "openblas": openblas_info(), "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
            "cpu_avx512f": cpu_has_avx512(), "keel_gemm_env": os.environ.get("KEEL_GEMM"),
-           "keel_dense_kernels": cpu_has_avx512() and os.environ.get("KEEL_GEMM") != "blas",
+           "keel_kernels": kernels,
            "model": f"Gemm/Relu MLP [N x {F}] -> {HID} -> {HID} -> 1, opset 17, seed {SEED}",
            "calls_per_engine": args.calls, "batch": args.batch, "warmup": args.warmup}
 
     print(f"Keel core vs ONNX Runtime {ort.__version__}: {env['model']}; one thread each; "
           f"{args.calls} timed calls per engine and N, interleaved batches of {args.batch}.")
     print(f"Keel's OpenBLAS: {env['openblas']}; OPENBLAS_CORETYPE={env['openblas_coretype_env'] or '(unset)'}; "
-          f"CPU AVX-512F: {'yes' if env['cpu_avx512f'] else 'no'}; Keel's dense layers: "
-          f"{'packed AVX-512 kernels' if env['keel_dense_kernels'] else 'cblas_sgemm'} "
-          f"(KEEL_GEMM={env['keel_gemm_env'] or '(unset)'})\n")
+          f"CPU AVX-512F: {'yes' if env['cpu_avx512f'] else 'no'}; KEEL_GEMM={env['keel_gemm_env'] or '(unset)'}; "
+          f"Keel's kernels: {env['keel_kernels']}\n")
     print("| N | ORT median us | ORT p99 us | ORT call | Keel median us | Keel p99 us | ORT/Keel median | ORT/Keel p99 |")
     print("|---:|---:|---:|:---|---:|---:|---:|---:|")
     for r in results:
@@ -264,7 +267,7 @@ def main():
     print(f"\nBoth include the Python loop and call overhead (a no-op ctypes call costs "
           f"{env['ctypes_call_floor_us']:.2f} us here). Keel's time includes writing the output into the "
           f"caller's array, as io_binding's does.")
-    if env["cpu_avx512f"] and env["openblas_coretype_env"] and not env["keel_dense_kernels"]:
+    if env["cpu_avx512f"] and env["openblas_coretype_env"] and env["keel_kernels"].startswith("cblas_sgemm"):
         print(f"Note: this CPU has AVX-512 but OPENBLAS_CORETYPE={env['openblas_coretype_env']} in the environment "
               f"pins OpenBLAS's kernel set; ONNX Runtime picks its own. Compare with the variable unset.")
     if args.json:

@@ -183,15 +183,19 @@ keel_status keel_onnx_shape_check(const keel_onnx_model *m, const kr_shape *inpu
 /* Largest K and N packed; larger layers go through cblas_sgemm. */
 #define KEEL_DENSE_MAX_DIM 4096
 
-/* Whether models loaded now pack their dense layers: the CPU has AVX-512F and
- * the environment variable KEEL_GEMM is not "blas". Thread-safe. */
+/* Whether models loaded now pack their dense layers: the CPU has AVX-512F (or
+ * AVX2 and FMA) and the environment variable KEEL_GEMM is not "blas"
+ * (KEEL_GEMM=avx2 picks the AVX2 kernel where both exist). Thread-safe. */
 bool keel_dense_enabled(void);
-/* Why the packed kernels are off ("KEEL_GEMM=blas", "no AVX-512F"), or NULL when on. */
+/* Why the packed kernels are off ("KEEL_GEMM=blas", ...), or NULL when on. */
 const char *keel_dense_off_reason(void);
+/* The kernel set layers packed now use ("AVX-512", "AVX2"), or NULL when off. */
+const char *keel_dense_isa_name(void);
 
 /* Pack B ([k,n], or [n,k] when trans_b) and C (NULL, or c_count == 1 or n
  * values, broadcast to a row). 1 <= k, n <= KEEL_DENSE_MAX_DIM. On success the
- * caller owns *out (keel_dense_free). KEEL_ERR_UNSUPPORTED off x86-64. */
+ * caller owns *out (keel_dense_free). KEEL_ERR_UNSUPPORTED when the packed
+ * kernels are off (keel_dense_off_reason). */
 keel_status keel_dense_create(size_t k, size_t n, const float *b, int trans_b, float alpha, const float *c,
                               size_t c_count, float beta, int relu, keel_dense **out, keel_error *err);
 void keel_dense_free(keel_dense *d);   /* NULL ok */

@@ -1101,8 +1101,8 @@ static keel_status check_graph(load_ctx *cp, const Onnx__GraphProto *g, name_map
         }
         char value[160];
         if (off == NULL)
-            snprintf(value, sizeof value, "AVX-512 packed weights for %zu of %zu matrix products, cblas_sgemm for the rest",
-                     packed, products);
+            snprintf(value, sizeof value, "%s packed weights for %zu of %zu matrix products, cblas_sgemm for the rest",
+                     keel_dense_isa_name(), packed, products);
         else
             snprintf(value, sizeof value, "cblas_sgemm for all %zu matrix products (packed kernels off: %s)", products, off);
         kv_meta *prop = &m->props[m->n_props];

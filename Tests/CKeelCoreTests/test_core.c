@@ -599,11 +599,7 @@ TEST(test_plugin_version_checks) {
  * and masked), several panels, odd K, and n == 1; with and without bias,
  * alpha, beta, ReLU and a transposed B. y is allocated exactly, so a store past
  * its end is an AddressSanitizer error. */
-TEST(test_dense_kernel_matches_reference) {
-    if (!keel_dense_enabled()) {
-        printf("  (skipped: no AVX-512F on this CPU, or KEEL_GEMM=blas)\n");
-        return;
-    }
+static void dense_sweep(const char *isa) {
     const size_t ms[] = {0, 1, 2, 3, 5, 6, 7, 11, 12, 13, 100};
     const size_t ks[] = {1, 3, 16, 17, 32, 64, 65};
     const size_t ns[] = {1, 2, 15, 16, 17, 33, 48, 64, 65, 127, 128, 130};
@@ -625,7 +621,7 @@ TEST(test_dense_kernel_matches_reference) {
                 keel_dense *d = NULL;
                 keel_status st = keel_dense_create(k, n, B, trans_b, alpha, bias_kind ? C : NULL,
                                                    bias_kind == 1 ? 1 : n, beta, relu, &d, NULL);
-                CHECK(st == KEEL_OK && d != NULL, "create m=%zu k=%zu n=%zu", m, k, n);
+                CHECK(st == KEEL_OK && d != NULL, "%s: create m=%zu k=%zu n=%zu", isa, m, k, n);
                 if (d == NULL) { free(A); free(B); free(C); free(Y); continue; }
                 keel_dense_run(d, m, A, Y);
                 double worst = 0.0;
@@ -642,13 +638,13 @@ TEST(test_dense_kernel_matches_reference) {
                         double e = fabs(Y[i * n + j] - want) / (alpha * mag + fabs(beta * C[0]) + fabs(beta * C[j]) + 1e-6);
                         if (e > worst) worst = e;
                     }
-                CHECK(worst < 1e-6, "m=%zu k=%zu n=%zu trans_b=%d bias=%d relu=%d: relative error %g", m, k, n,
-                      trans_b, bias_kind, relu, worst);
+                CHECK(worst < 1e-6, "%s: m=%zu k=%zu n=%zu trans_b=%d bias=%d relu=%d: relative error %g", isa, m,
+                      k, n, trans_b, bias_kind, relu, worst);
                 keel_dense_free(d);
                 free(A); free(B); free(C); free(Y);
                 cases++;
             }
-    CHECK(cases == 11 * 7 * 12, "ran %d cases", cases);
+    CHECK(cases == 11 * 7 * 12, "%s: ran %d cases", isa, cases);
 
     /* ReLU keeps NaN (as the reference Relu does) and clamps -inf */
     float Bv[16 * 2], Av[2] = {NAN, -INFINITY}, Yv[16 * 2];
@@ -657,13 +653,38 @@ TEST(test_dense_kernel_matches_reference) {
     CHECK(keel_dense_create(1, 16, Bv, 0, 1.0f, NULL, 0, 0.0f, 1, &d, NULL) == KEEL_OK, "create 1x16");
     if (d) {
         keel_dense_run(d, 2, Av, Yv);
-        CHECK(isnan(Yv[0]) && isnan(Yv[15]) && Yv[16] == 0.0f && Yv[31] == 0.0f, "relu of NaN / -inf: %g %g", Yv[0], Yv[16]);
+        CHECK(isnan(Yv[0]) && isnan(Yv[15]) && Yv[16] == 0.0f && Yv[31] == 0.0f, "%s: relu of NaN / -inf: %g %g", isa,
+              Yv[0], Yv[16]);
         keel_dense_free(d);
     }
     /* out of range: refused, not packed */
     CHECK(keel_dense_create(KEEL_DENSE_MAX_DIM + 1, 1, Bv, 0, 1.0f, NULL, 0, 0.0f, 0, &d, NULL) == KEEL_ERR_UNSUPPORTED &&
           d == NULL, "k beyond the range");
     CHECK(keel_dense_create(1, 0, Bv, 0, 1.0f, NULL, 0, 0.0f, 0, &d, NULL) == KEEL_ERR_UNSUPPORTED, "n = 0");
+}
+
+/* The sweep for every kernel set this CPU has: AVX-512 (the default where it
+ * exists) and AVX2 (KEEL_GEMM=avx2). KEEL_GEMM=blas turns packing off. */
+TEST(test_dense_kernel_matches_reference) {
+    const char *saved = getenv("KEEL_GEMM");
+    char *keep = saved ? strdup(saved) : NULL;
+    int swept = 0;
+    const char *modes[] = {NULL, "avx2"};
+    for (int i = 0; i < 2; i++) {
+        if (modes[i]) setenv("KEEL_GEMM", modes[i], 1); else unsetenv("KEEL_GEMM");
+        const char *isa = keel_dense_isa_name();
+        if (isa == NULL || (i == 0 && strcmp(isa, "AVX-512") != 0)) continue;
+        dense_sweep(isa);
+        swept++;
+    }
+    setenv("KEEL_GEMM", "blas", 1);
+    keel_dense *d = NULL;
+    float one = 1.0f;
+    CHECK(keel_dense_create(1, 1, &one, 0, 1.0f, NULL, 0, 0.0f, 0, &d, NULL) == KEEL_ERR_UNSUPPORTED && d == NULL,
+          "KEEL_GEMM=blas: nothing is packed");
+    if (keep) setenv("KEEL_GEMM", keep, 1); else unsetenv("KEEL_GEMM");
+    free(keep);
+    if (swept == 0) printf("  (no packed kernels on this CPU: AVX-512F or AVX2+FMA needed)\n");
 }
 
 /* A whole model through the packed kernels and through cblas_sgemm

@@ -120,15 +120,17 @@ def test_binary_same_tensor_both_operands():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.fixture(params=["packed", "blas"])
+@pytest.fixture(params=["packed", "avx2", "blas"])
 def gemm_path(request, monkeypatch):
-    """Products by constant weights run Keel's packed AVX-512 kernels where the
-    CPU has them (the default) or cblas_sgemm (KEEL_GEMM=blas, read when a model
-    loads): every test taking this fixture runs both ways."""
-    if request.param == "blas":
-        monkeypatch.setenv("KEEL_GEMM", "blas")
-    else:
+    """Products by constant weights run Keel's packed kernels (AVX-512 where the
+    CPU has it, the default), its AVX2 kernel (KEEL_GEMM=avx2), or cblas_sgemm
+    (KEEL_GEMM=blas); the variable is read when a model loads. Every test taking
+    this fixture runs all three ways (on a CPU without AVX-512, the first two
+    are the same)."""
+    if request.param == "packed":
         monkeypatch.delenv("KEEL_GEMM", raising=False)
+    else:
+        monkeypatch.setenv("KEEL_GEMM", request.param)
     return request.param
 
 MATMUL = [
@@ -945,12 +947,16 @@ def test_kernels_property_names_the_path(gemm_path):
     m = mlp_gemm([8, 16, 4], "raw", "kernels-prop")
     with keelcore.Model.from_bytes(m.SerializeToString()) as km:
         kernels = km.properties["kernels"]
+    flags = open("/proc/cpuinfo").read()
+    avx512, avx2 = " avx512f" in flags, " avx2" in flags and " fma" in flags
     if gemm_path == "blas":
         assert kernels == "cblas_sgemm for all 2 matrix products (packed kernels off: KEEL_GEMM=blas)"
-    elif " avx512f" in open("/proc/cpuinfo").read():
+    elif avx512 and gemm_path == "packed":
         assert kernels == "AVX-512 packed weights for 2 of 2 matrix products, cblas_sgemm for the rest"
+    elif avx2:
+        assert kernels == "AVX2 packed weights for 2 of 2 matrix products, cblas_sgemm for the rest"
     else:
-        assert kernels == "cblas_sgemm for all 2 matrix products (packed kernels off: no AVX-512F)"
+        assert kernels == "cblas_sgemm for all 2 matrix products (packed kernels off: no AVX-512F or AVX2+FMA)"
 
 
 def test_features_dynamic_last_dim_any_count_ok():
