@@ -475,7 +475,7 @@ public final class ModelRepository: Sendable {
         }
         logger.info(previous == nil ? "model loaded" : "model swapped",
                     metadata: ["model": "\(name)", "version": "\(version)", "sha256": "\(loaded.sha256)",
-                               "serving": "\(nowServing)",
+                               "serving": "\(nowServing)", "kernels": "\(loaded.model.property("kernels") ?? "-")",
                                "previous": "\(previous.map { "v\($0.version) \($0.sha256.prefix(12))" } ?? "none")",
                                "unloaded": "\(pruned.map { "v\($0.version)" }.joined(separator: ","))"])
         return loaded
