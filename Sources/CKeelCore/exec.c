@@ -6,7 +6,7 @@
  * out all intermediate tensors in one arena, reusing memory of tensors that
  * are no longer needed. A run with the same shapes as the previous one skips
  * planning and allocates nothing. Matrix products go through cblas_sgemm,
- * except products by constant weights on AVX-512 CPUs (dense.c). */
+ * except products by constant weights on AVX-512 or AVX2 CPUs (dense.c). */
 #include "internal.h"
 
 #include <cblas.h>

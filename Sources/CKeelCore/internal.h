@@ -176,7 +176,7 @@ keel_status keel_onnx_shape_check(const keel_onnx_model *m, const kr_shape *inpu
 /* ---- packed dense layers (dense.c) -------------------------------------------------- */
 
 /* keel_dense (declared with the graph IR): a matrix product by a constant
- * right-hand side, packed once for Keel's own AVX-512 kernel:
+ * right-hand side, packed once for Keel's own AVX-512 or AVX2 kernel:
  * y[m,n] = alpha * a[m,k] . B[k,n] + beta * C, then ReLU when relu. Immutable
  * after creation: shared by every session of a model. */
 
