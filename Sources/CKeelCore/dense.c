@@ -74,8 +74,6 @@ const char *keel_dense_off_reason(void) {
     return current_isa(&why) ? NULL : why;
 }
 
-bool keel_dense_enabled(void) { return keel_dense_off_reason() == NULL; }
-
 const char *keel_dense_isa_name(void) {
     const char *why = NULL;
     switch (current_isa(&why)) {

@@ -183,11 +183,10 @@ keel_status keel_onnx_shape_check(const keel_onnx_model *m, const kr_shape *inpu
 /* Largest K and N packed; larger layers go through cblas_sgemm. */
 #define KEEL_DENSE_MAX_DIM 4096
 
-/* Whether models loaded now pack their dense layers: the CPU has AVX-512F (or
- * AVX2 and FMA) and the environment variable KEEL_GEMM is not "blas"
- * (KEEL_GEMM=avx2 picks the AVX2 kernel where both exist). Thread-safe. */
-bool keel_dense_enabled(void);
-/* Why the packed kernels are off ("KEEL_GEMM=blas", ...), or NULL when on. */
+/* Why models loaded now do not pack their dense layers ("KEEL_GEMM=blas", "no
+ * AVX-512F or AVX2+FMA", ...), or NULL when they do: the CPU has AVX-512F (or
+ * AVX2 and FMA) and KEEL_GEMM is not "blas" (KEEL_GEMM=avx2 picks the AVX2
+ * kernel where both exist). Thread-safe. */
 const char *keel_dense_off_reason(void);
 /* The kernel set layers packed now use ("AVX-512", "AVX2"), or NULL when off. */
 const char *keel_dense_isa_name(void);
