@@ -195,7 +195,7 @@ let package = Package(
         .executableTarget(
             name: "KeelEngineBench",
             dependencies: [
-                "KeelInference", "KeelPortfolio", "KeelServing", "KeelClient", "KeelAPI",
+                "KeelInference", "KeelPortfolio", "KeelServing", "KeelClient", "KeelAPI", "KeelAudit",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "benchmarks/EngineBench"
@@ -204,6 +204,10 @@ let package = Package(
         .target(
             name: "KeelTestSupport",
             path: "Tests/KeelTestSupport"
+        ),
+        .testTarget(
+            name: "KeelAPITests",
+            dependencies: ["KeelAPI", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
         ),
         .testTarget(
             name: "KeelInferenceTests",

@@ -83,7 +83,7 @@ public final class KeelService: RequestHandler {
             // Not through `serve`: the response is encoded once, inside, for the
             // audit record and the wire alike.
             let decodeStart = ContinuousClock.now
-            if let r = try? Keel_V1_RebalanceRequest(serializedBytes: request) {
+            if let r = try? Keel_V1_RebalanceRequest(fastSerializedBytes: request) {
                 m.decode.record(from: decodeStart, to: .now)
                 do throws(RPCStatus) {
                     result = .success(try await performRebalance(r, bytes: request, deadline: deadline))
@@ -303,13 +303,13 @@ public final class KeelService: RequestHandler {
         let account = request.portfolio.accountID
         let encodeStart = ContinuousClock.now
         var out: [UInt8]
-        do { out = try response.serializedBytes() } catch {
+        do { out = try response.fastSerializedBytes() } catch {
             throw RPCStatus(.internal, "cannot encode the RebalanceResponse: \(error)")
         }
         m.encode.record(from: encodeStart, to: .now)
         if let audit, let record {
             var payload: [UInt8]
-            do { payload = try record.serializedBytes() } catch {
+            do { payload = try record.fastSerializedBytes() } catch {
                 throw RPCStatus(.internal, "cannot encode the audit record: \(error)")
             }
             ProtobufWire.appendLengthDelimited(&payload, field: 8, out)  // DecisionRecord.response

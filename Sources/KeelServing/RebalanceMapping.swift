@@ -165,7 +165,7 @@ public enum RebalanceMapping {
     }
 
     /// The response for a decision (without ids, model, status or audit hash).
-    static func response(_ d: RebalanceDecision) -> Keel_V1_RebalanceResponse {
+    public static func response(_ d: RebalanceDecision) -> Keel_V1_RebalanceResponse {
         var r = Keel_V1_RebalanceResponse()
         r.targets = d.targets.map { t in
             var out = Keel_V1_TargetWeight()

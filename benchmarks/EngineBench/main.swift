@@ -18,6 +18,7 @@
 import Foundation
 import Histogram
 import KeelAPI
+import KeelAudit
 import KeelClient
 import KeelInference
 import KeelPortfolio
@@ -90,4 +91,68 @@ for assets in sizes {
     let mean = Double(total.components.seconds) * 1e6 + Double(total.components.attoseconds) / 1e12
     print("| \(assets) | \(n) | \(last.orders.count) | \(last.status) | \(us(50)) | \(us(90)) | \(us(99)) | "
         + "\(String(format: "%.1f", Double(histogram.max) / 1000)) | \(String(format: "%.1f", mean / Double(n))) |")
+}
+
+// MARK: - Stages of the served path (in process, no transport)
+if ProcessInfo.processInfo.environment["KEEL_BENCH_STAGES"] != nil {
+    let assets = 100
+    let market = MarketState()
+    let request = BenchRequests.rebalance(assets: assets, historyDays: 0, seed: 42)
+    _ = market.apply(BenchRequests.priceHistory(for: request, days: 64, seed: 42).updates)
+    let bytes: [UInt8] = try request.serializedBytes()
+    let clock = ContinuousClock()
+    func time(_ label: String, _ body: () throws -> Void) rethrows {
+        for _ in 0..<200 { try body() }
+        let n = 3000
+        let t0 = clock.now
+        for _ in 0..<n { try body() }
+        let d = clock.now - t0
+        let us = (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(n)
+        print("\(label): \(String(format: "%.1f", us)) us")
+    }
+    print("request bytes \(bytes.count)")
+    try time("decode (swift-protobuf)") { _ = try Keel_V1_RebalanceRequest(serializedBytes: bytes) }
+    try time("decode (fast)") { _ = try Keel_V1_RebalanceRequest(fastSerializedBytes: bytes) }
+    try time("mapping.input") { _ = try RebalanceMapping.input(request, market: market) }
+    let (input, _) = try RebalanceMapping.input(request, market: market)
+    try time("engine") { _ = try engine.rebalance(input, policy: scorer) }
+    let decision = try engine.rebalance(input, policy: scorer)
+    try time("mapping.response") { _ = RebalanceMapping.response(decision) }
+    let response = RebalanceMapping.response(decision)
+    let out: [UInt8] = try response.serializedBytes()
+    print("response bytes \(out.count)")
+    try time("encode (swift-protobuf)") { let _: [UInt8] = try response.serializedBytes() }
+    try time("encode (fast)") { _ = try response.fastSerializedBytes() }
+
+    // The whole handler in process: decode, mapping, tax plan, engine,
+    // response and its encoding, without and with the audit trail.
+    let repository = ModelRepository(root: URL(fileURLWithPath: (modelPath as NSString).deletingLastPathComponent)
+        .deletingLastPathComponent().deletingLastPathComponent())
+    _ = repository.loadAll()
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("keel-stages-\(getpid())")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    for withAudit in [false, true] {
+        let audit = withAudit ? try AuditLog(path: directory.appendingPathComponent("audit.sqlite").path,
+                                             durability: .normal, checksPayloads: false) : nil  // as `keel serve`
+        let service = try KeelService(repository: repository, gate: RequestGate(maxConcurrent: 2, maxQueued: 64),
+                                      marketState: market, audit: audit)
+        let n = 3000
+        for _ in 0..<200 { _ = await service.handle(.rebalance, request: bytes, deadline: .now + .seconds(10)) }
+        var cpu0 = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu0)
+        let t0 = clock.now
+        for _ in 0..<n {
+            guard case .success = await service.handle(.rebalance, request: bytes, deadline: .now + .seconds(10)) else {
+                fatalError("Rebalance failed")
+            }
+        }
+        let d = clock.now - t0
+        let us = (Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12) / Double(n)
+        var cpu1 = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu1)
+        let cpu = (Double(cpu1.tv_sec - cpu0.tv_sec) * 1e6 + Double(cpu1.tv_nsec - cpu0.tv_nsec) / 1e3) / Double(n)
+        print("handler\(withAudit ? " with audit (normal)" : ""): \(String(format: "%.1f", us)) us a call, "
+            + "\(String(format: "%.1f", cpu)) us of CPU (all threads)")
+    }
 }
