@@ -632,9 +632,10 @@ public final class KeelService: RequestHandler {
         let today = TaxMapping.today()
         var day = today
         if hasLots || request.hasTax {
-            try TaxMapping.checkReplacements(request.instruments)
+            let ids = Set(request.instruments.map(\.id))
+            try TaxMapping.checkReplacements(request.instruments, ids: ids)
             day = try TaxMapping.tradeDay(request.tax, field: "tax", today: today)
-            plan.lots = try TaxMapping.lots(p, tradeDay: day, known: Set(request.instruments.map(\.id)))
+            plan.lots = try TaxMapping.lots(p, tradeDay: day, known: ids)
             plan.rules = try TaxMapping.rules(request.tax, field: "tax", tradeDay: day,
                                               instruments: request.instruments, lots: plan.lots)
         }
@@ -745,9 +746,10 @@ public final class KeelService: RequestHandler {
             prices[m.id] = price
             histories[m.id] = closes
         }
-        try TaxMapping.checkReplacements(request.instruments)
+        let ids = Set(prices.keys)
+        try TaxMapping.checkReplacements(request.instruments, ids: ids)
         let tradeDay = try TaxMapping.tradeDay(request.tax, field: "tax", today: TaxMapping.today())
-        let lots = try TaxMapping.lots(request.portfolio, tradeDay: tradeDay, known: Set(prices.keys))
+        let lots = try TaxMapping.lots(request.portfolio, tradeDay: tradeDay, known: ids)
         guard !lots.isEmpty else {
             throw bad("portfolio.holdings carry no tax lots: harvesting needs each holding's lots "
                 + "(lot_id, quantity, acquired_on, cost_per_share)")

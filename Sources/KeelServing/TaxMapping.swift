@@ -163,12 +163,11 @@ public enum TaxMapping {
     }
 
     /// Checks that every replacement names an instrument of the request
-    /// other than itself.
-    static func checkReplacements(_ instruments: [Keel_V1_Instrument]) throws(RPCStatus) {
+    /// other than itself; `ids` are the instruments' ids.
+    static func checkReplacements(_ instruments: [Keel_V1_Instrument], ids: Set<String>) throws(RPCStatus) {
         guard instruments.contains(where: { !$0.replacementForTax.isEmpty || !$0.replacementCandidates.isEmpty }) else {
             return
         }
-        let ids = Set(instruments.map(\.id))
         for (k, m) in instruments.enumerated() {
             func check(_ id: String, _ field: @autoclosure () -> String) throws(RPCStatus) {
                 guard ids.contains(id) else {
