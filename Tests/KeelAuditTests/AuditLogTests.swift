@@ -301,6 +301,33 @@ struct AuditLogTests {
     }
     #endif
 
+    /// Checkpoint passes come quickly while records arrive and slowly once
+    /// a pass found nothing new.
+    @Test("checkpoint pacing", arguments: [
+        (nil, nil, false),                 // the pass failed
+        (nil, (frames: 0, copied: 0), true),  // first pass: nothing known yet
+        ((frames: 40, copied: 40), (frames: 40, copied: 40), false),  // nothing new, all copied
+        ((frames: 40, copied: 40), (frames: 52, copied: 52), true),   // new frames, all copied
+        ((frames: 40, copied: 40), (frames: 52, copied: 45), true),   // new frames, some left
+        ((frames: 52, copied: 45), (frames: 52, copied: 45), true),   // still some left (a reader held them)
+        ((frames: 900, copied: 900), (frames: 12, copied: 12), true), // the WAL restarted
+    ] as [((frames: Int64, copied: Int64)?, (frames: Int64, copied: Int64)?, Bool)])
+    func checkpointPacing(previous: (frames: Int64, copied: Int64)?, now: (frames: Int64, copied: Int64)?,
+                          busy: Bool) {
+        #expect(Checkpointer.isBusy(previous: previous, now: now) == busy)
+    }
+
+    /// Quick passes under `normal` durability only (`full` syncs every commit).
+    @Test("checkpoint intervals by durability", arguments: [AuditDurability.normal, .full])
+    func checkpointIntervals(durability: AuditDurability) throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        _ = try AuditLog(path: path, durability: durability)  // creates the file
+        let checkpointer = try Checkpointer(path: path, durability: durability)
+        defer { checkpointer.stop() }
+        #expect(checkpointer.busyInterval == (durability == .normal ? .milliseconds(10) : Checkpointer.idleInterval))
+    }
+
     @Test("entries outside the limits are refused before queueing", arguments: [
         ("NUL in account", AuditEntry(kind: .decision, accountID: "a\u{0}b", decisionID: "d",
                                       payload: Records.decision(account: "a", decision: "d").payload)),
