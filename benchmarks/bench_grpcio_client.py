@@ -1,13 +1,20 @@
-"""Reference point for `keel bench`: the same Rebalance requests sent by a standard
-Python grpcio client, sequentially on one channel (closed loop, one request in flight) or
-at a fixed rate (open loop, latency measured from the intended send time).
+"""Reference point for `keel bench`: the same Rebalance request, byte for byte, sent by a
+standard Python grpcio client, sequentially on one channel (closed loop, one request in
+flight) or at a fixed rate (open loop, latency measured from the intended send time).
 
-Usage: .venv/bin/python benchmarks/bench_grpcio_client.py --port 50051 --assets 100
-           [--rate 500] [--duration 10] [--features 12]
-Prints p50/p90/p99/p99.9/max in microseconds, throughput and errors.
+The request comes from `keel bench --write-requests` (the bytes `keel bench` sends, and the
+price history it publishes first with PublishMarketData), so both clients measure the same
+work. grpcio sends and receives raw bytes: no Python protobuf encoding inside the timing.
+
+Usage:
+    swift build -c release --scratch-path .build-release --product keel
+    .venv/bin/python benchmarks/bench_grpcio_client.py --keel .build-release/release/keel \
+        --port 50051 --assets 100 [--rate 500] [--duration 10]
+Prints p50/p90/p99/p99.9/max in microseconds, throughput and errors; exits 1 when a
+request failed.
 """
 import argparse
-import importlib
+import subprocess
 import sys
 import tempfile
 import threading
@@ -16,27 +23,50 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+REBALANCE = "/keel.v1.Rebalancer/Rebalance"
+PUBLISH = "/keel.v1.Rebalancer/PublishMarketData"
 
 
-def load_stubs():
-    from grpc_tools import protoc
-    out = Path(tempfile.mkdtemp(prefix="keel-bench-pygen-"))
-    rc = protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      "keel/v1/portfolio.proto", "keel/v1/service.proto"])
-    if rc != 0:
-        raise SystemExit("grpc_tools.protoc failed")
-    sys.path.insert(0, str(out))
-    return importlib.import_module("keel.v1.service_pb2"), importlib.import_module("keel.v1.service_pb2_grpc")
+def read_varint(data: bytes, i: int):
+    value, shift = 0, 0
+    while True:
+        if i >= len(data):
+            raise ValueError("truncated varint")
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
 
 
-def request(service, n, features, seed=7):
-    rng = np.random.default_rng(seed)
-    req = service.RebalanceRequest(request_id="bench")
-    for i in range(n):
-        req.instruments.add(id=f"A{i:04d}", price=float(10 + i % 90), sector="S", lot_size=1)
-    req.features.extend(rng.standard_normal(n * features).astype(np.float32).tolist())
-    return req
+def split_batch(batch: bytes):
+    """The PriceUpdate messages of a serialized keel.v1.PriceUpdateBatch (field 1,
+    repeated), as raw bytes: PublishMarketData streams them one message each."""
+    updates, i = [], 0
+    while i < len(batch):
+        tag, i = read_varint(batch, i)
+        if tag != (1 << 3 | 2):
+            raise ValueError(f"unexpected tag {tag} at byte {i} of the PriceUpdateBatch")
+        length, i = read_varint(batch, i)
+        if i + length > len(batch):
+            raise ValueError("a PriceUpdate runs past the end of the batch")
+        updates.append(batch[i:i + length])
+        i += length
+    return updates
+
+
+def write_requests(keel: str, host: str, port: int, assets: int, directory: Path):
+    run = subprocess.run([keel, "bench", "--target", f"grpc://{host}:{port}", "--assets", str(assets),
+                          "--rate", "1", "--write-requests", str(directory)],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"keel bench --write-requests failed ({run.returncode}): {run.stderr.strip()}")
+    request = (directory / "request.bin").read_bytes()
+    market = directory / "market.bin"
+    return request, (market.read_bytes() if market.exists() else None)
 
 
 def percentiles(lat_ns):
@@ -47,23 +77,26 @@ def percentiles(lat_ns):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--keel", default=".build-release/release/keel", help="a keel binary (writes the request)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=50051)
     ap.add_argument("--assets", type=int, default=100)
-    ap.add_argument("--features", type=int, default=12)
     ap.add_argument("--rate", type=float, default=0, help="requests/s (open loop); 0 = closed loop")
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--warmup", type=float, default=1)
     args = ap.parse_args()
 
     import grpc
-    service, service_grpc = load_stubs()
+    with tempfile.TemporaryDirectory(prefix="keel-grpcio-bench-") as tmp:
+        request, market = write_requests(args.keel, args.host, args.port, args.assets, Path(tmp))
     ch = grpc.insecure_channel(f"{args.host}:{args.port}")
-    stub = service_grpc.RebalancerStub(ch)
-    req = request(service, args.assets, args.features)
+    # No serializers: grpcio sends and returns the bytes as they are.
+    rebalance = ch.unary_unary(REBALANCE)
+    if market is not None:
+        ch.stream_unary(PUBLISH)(iter(split_batch(market)), timeout=30)
     end = time.perf_counter() + args.warmup
     while time.perf_counter() < end:
-        stub.Rebalance(req, timeout=5)
+        rebalance(request, timeout=5)
 
     lat, errors = [], {}
     lock = threading.Lock()
@@ -73,7 +106,7 @@ def main():
         while time.perf_counter_ns() < end:
             s = time.perf_counter_ns()
             try:
-                stub.Rebalance(req, timeout=5)
+                rebalance(request, timeout=5)
                 lat.append(time.perf_counter_ns() - s)
             except grpc.RpcError as e:
                 errors[e.code().name] = errors.get(e.code().name, 0) + 1
@@ -97,7 +130,7 @@ def main():
             wait = intended - time.perf_counter_ns()
             if wait > 0:
                 time.sleep(wait / 1e9)  # sleeping releases the GIL for grpcio's callback threads
-            fut = stub.Rebalance.future(req, timeout=5)
+            fut = rebalance.future(request, timeout=5)
             fut.add_done_callback(lambda f, t=intended: done(f, t))
             pending.append(fut)
         for f in pending:
@@ -109,10 +142,12 @@ def main():
     elapsed = (time.perf_counter_ns() - t0) / 1e9
     p = percentiles(lat) if lat else {}
     mode = f"open loop {args.rate:g} req/s" if args.rate > 0 else "closed loop, 1 in flight"
-    print(f"grpcio {grpc.__version__} Rebalance, {args.assets} assets, {mode}, {args.duration:g} s: "
-          f"sent {sent}, ok {len(lat)}, errors {errors or 0}, throughput {len(lat) / elapsed:.0f} req/s")
+    print(f"grpcio {grpc.__version__} Rebalance, {args.assets} assets ({len(request)} bytes), {mode}, "
+          f"{args.duration:g} s: sent {sent}, ok {len(lat)}, errors {errors or 0}, "
+          f"throughput {len(lat) / elapsed:.0f} req/s")
     print("  " + ", ".join(f"{k} {v:.0f} us" for k, v in p.items()))
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import KeelAPI
 import KeelClient
 import KeelServing
 
@@ -88,6 +90,15 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Seed of the generated request.")
     var seed: UInt64 = 42
 
+    @Option(
+        name: .customLong("write-requests"),
+        help: ArgumentHelp(
+            "Write the request bytes the run would send to DIR and exit without connecting: request.bin (the "
+                + "serialized request message) and, for Rebalance with published history, market.bin (the "
+                + "keel.v1.PriceUpdateBatch published first). For other clients (benchmarks/bench_grpcio_client.py).",
+            valueName: "dir"))
+    var writeRequests: String?
+
     enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
         case text, json
     }
@@ -164,9 +175,43 @@ struct BenchCommand: AsyncParsableCommand {
         _ = try settings()
     }
 
+    /// The request the run sends, and the price history it publishes first
+    /// (Rebalance without --inline-history), as `keel bench` builds them.
+    func prepared(_ s: Settings) throws -> (request: [UInt8], market: Keel_V1_PriceUpdateBatch?) {
+        do {
+            guard s.method == .rebalance else {
+                return (try BenchRequests.serialized(s.method, assets: assets, seed: seed), nil)
+            }
+            let days = max(0, historyDays)
+            var rebalance = BenchRequests.rebalance(assets: assets, historyDays: inlineHistory ? days : 0, seed: seed)
+            rebalance.model = model
+            let market = !inlineHistory && days > 0
+                ? BenchRequests.priceHistory(for: rebalance, days: days, seed: seed) : nil
+            return (try rebalance.serializedBytes(), market)
+        } catch {
+            throw fail("cannot prepare the request: \(error)")
+        }
+    }
+
     func run() async throws {
         let s = try settings()
         let endpoint = s.endpoint
+        let (request, market) = try prepared(s)
+        if let directory = writeRequests {
+            let url = URL(fileURLWithPath: directory, isDirectory: true)
+            do {
+                try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+                try Data(request).write(to: url.appendingPathComponent("request.bin"))
+                if let market {
+                    try Data(try market.serializedBytes() as [UInt8]).write(to: url.appendingPathComponent("market.bin"))
+                }
+            } catch {
+                throw fail("cannot write the requests to \(directory): \(error)")
+            }
+            print("wrote \(url.appendingPathComponent("request.bin").path) (\(s.method.fullName), \(request.count) bytes)"
+                + (market.map { ", market.bin (\($0.updates.count) price updates)" } ?? ""))
+            return
+        }
         let clients: [any UnaryClient]
         do {
             clients = try await LoadGenerator.connect(count: s.connections) { () async throws(RPCStatus) in
@@ -187,24 +232,13 @@ struct BenchCommand: AsyncParsableCommand {
             // Any other answer means the server is there.
         }
 
-        let request: [UInt8]
-        do {
-            if s.method == .rebalance {
-                let days = max(0, historyDays)
-                var rebalance = BenchRequests.rebalance(assets: assets, historyDays: inlineHistory ? days : 0,
-                                                        seed: seed)
-                rebalance.model = model
-                if !inlineHistory && days > 0 {
-                    let history = BenchRequests.priceHistory(for: rebalance, days: days, seed: seed)
-                    _ = try await KeelClients.publish(history, using: clients[0])
-                }
-                request = try rebalance.serializedBytes()
-            } else {
-                request = try BenchRequests.serialized(s.method, assets: assets, seed: seed)
+        if let market {
+            do throws(RPCStatus) {
+                _ = try await KeelClients.publish(market, using: clients[0])
+            } catch {
+                for c in clients { await c.close() }
+                throw fail("cannot publish the price history: \(error)")
             }
-        } catch {
-            for c in clients { await c.close() }
-            throw fail("cannot prepare the request: \(error)")
         }
 
         let generator = LoadGenerator()

@@ -340,3 +340,31 @@ def test_harvest_tax_losses(server, stubs):
             stub.HarvestTaxLosses(bad, timeout=5)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "portfolio.holdings[0].lots[0].quantity" in e.value.details()
+
+
+def test_grpcio_reference_benchmark_sends_keel_benchs_request(server, tmp_path):
+    """benchmarks/bench_grpcio_client.py: the request `keel bench --write-requests` wrote,
+    the price history published first, every request answered."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_grpcio_client.py"),
+                          "--keel", KEEL_BIN, "--port", str(server.grpc_port), "--assets", "20",
+                          "--rate", "50", "--duration", "1", "--warmup", "0"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "sent 50, ok 50, errors 0" in run.stdout, run.stdout
+    assert re.search(r"p50 \d+ us, p90 \d+ us, p99 \d+ us", run.stdout), run.stdout
+
+    # What it sent is what keel bench writes: a Rebalance request and the batch it publishes.
+    out = tmp_path / "requests"
+    written = subprocess.run([KEEL_BIN, "bench", "--target", "grpc://127.0.0.1:1", "--assets", "20", "--rate", "1",
+                              "--write-requests", str(out)], capture_output=True, text=True, timeout=60)
+    assert written.returncode == 0, written.stderr
+    from keel_pb import service_pb2
+    request = service_pb2.RebalanceRequest.FromString((out / "request.bin").read_bytes())
+    assert len(request.instruments) == 20 and request.model == "policy"
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_grpcio_client as bgc
+    updates = bgc.split_batch((out / "market.bin").read_bytes())
+    assert len(updates) == 20 * 64
+    assert service_pb2.PriceUpdate.FromString(updates[0]).price > 0
+    with pytest.raises(ValueError, match="past the end"):
+        bgc.split_batch(bytes([0x0A, 0x05, 0x01]))
