@@ -34,7 +34,9 @@ public final class MarketState: Sendable {
     static let nanosPerDay: Int64 = 86_400 * 1_000_000_000
 
     /// One instrument's state.
-    struct History {
+    /// A class, so that reading one under the lock (every Rebalance reads
+    /// one per instrument) retains one object instead of copying its arrays.
+    final class History {
         var latest: Quote
         /// Last price of each day, oldest first; the last entry is `latest`'s day.
         var closes: [Double]
@@ -49,7 +51,7 @@ public final class MarketState: Sendable {
         }
 
         /// Applies a newer quote: same day replaces today's point, a later day appends.
-        mutating func apply(_ quote: Quote) {
+        func apply(_ quote: Quote) {
             guard quote.timeUnixNanos >= latest.timeUnixNanos else { return }
             latest = quote
             analysed = nil
@@ -103,8 +105,8 @@ public final class MarketState: Sendable {
             let overflow = quotes.withLock { q -> [String] in
                 var overflow: [String] = []
                 for (id, quote) in valid {
-                    if q[id] != nil {
-                        q[id]!.apply(quote)
+                    if let history = q[id] {
+                        history.apply(quote)
                     } else if q.count < maxInstruments {
                         q[id] = History(quote)
                     } else {
@@ -133,7 +135,7 @@ public final class MarketState: Sendable {
     public func analysedSeries(for instrumentID: String)
         -> (series: FeatureSet.SeriesData, latestPrice: Double, latestTime: Int64)?
     {
-        quotes.withLock { q in Self.analysed(&q, instrumentID) }
+        quotes.withLock { q in Self.analysed(q, instrumentID) }
     }
 
     /// ``analysedSeries(for:)`` for several instruments under one lock (a
@@ -142,19 +144,19 @@ public final class MarketState: Sendable {
     public func analysedSeries(for instrumentIDs: [String?])
         -> [(series: FeatureSet.SeriesData, latestPrice: Double, latestTime: Int64)?]
     {
-        quotes.withLock { q in instrumentIDs.map { id in id.flatMap { Self.analysed(&q, $0) } } }
+        quotes.withLock { q in instrumentIDs.map { id in id.flatMap { Self.analysed(q, $0) } } }
     }
 
-    /// Reads the cached analysis in place (no copy of the history), or
-    /// computes and keeps it.
-    private static func analysed(_ q: inout [String: History], _ instrumentID: String)
+    /// Reads the cached analysis (one retain of the history, no copy of its
+    /// arrays), or computes and keeps it. Call under the lock.
+    private static func analysed(_ q: [String: History], _ instrumentID: String)
         -> (series: FeatureSet.SeriesData, latestPrice: Double, latestTime: Int64)?
     {
-        guard let at = q.index(forKey: instrumentID) else { return nil }
-        let latest = q.values[at].latest
-        if let cached = q.values[at].analysed { return (cached, latest.price, latest.timeUnixNanos) }
-        let data = FeatureSet.SeriesData(prices: q.values[at].closes)
-        q.values[at].analysed = data
+        guard let history = q[instrumentID] else { return nil }
+        let latest = history.latest
+        if let cached = history.analysed { return (cached, latest.price, latest.timeUnixNanos) }
+        let data = FeatureSet.SeriesData(prices: history.closes)
+        history.analysed = data
         return (data, latest.price, latest.timeUnixNanos)
     }
 
