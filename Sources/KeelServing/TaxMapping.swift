@@ -27,10 +27,13 @@ public enum TaxMapping {
     /// costs ≥ 0, and every holding's instrument among `known`.
     static func lots(_ portfolio: Keel_V1_Portfolio, tradeDay: Int, known: Set<String>) throws(RPCStatus) -> [TaxLot] {
         func bad(_ message: String) -> RPCStatus { RPCStatus(.invalidArgument, message) }
+        let count = portfolio.holdings.reduce(0) { $0 + $1.lots.count }
         var lots: [TaxLot] = []
+        lots.reserveCapacity(count)
         // Field names are built only for an error message: this runs for
         // every lot of every Rebalance.
         var seen: [String: (holding: Int, lot: Int)] = [:]
+        seen.reserveCapacity(count)
         func holdingField(_ h: Int) -> String { "portfolio.holdings[\(h)]" }
         func lotField(_ h: Int, _ k: Int) -> String { "\(holdingField(h)).lots[\(k)]" }
         for h in portfolio.holdings.indices {
@@ -168,17 +171,21 @@ public enum TaxMapping {
         guard instruments.contains(where: { !$0.replacementForTax.isEmpty || !$0.replacementCandidates.isEmpty }) else {
             return
         }
-        for (k, m) in instruments.enumerated() {
+        // Fields are read in place (binding each message would copy it).
+        for k in instruments.indices {
             func check(_ id: String, _ field: @autoclosure () -> String) throws(RPCStatus) {
                 guard ids.contains(id) else {
                     throw RPCStatus(.invalidArgument, "instruments[\(k)].\(field()) '\(id)' is not among the request's instruments")
                 }
-                guard id != m.id else {
+                guard id != instruments[k].id else {
                     throw RPCStatus(.invalidArgument, "instruments[\(k)].\(field()) names the instrument itself")
                 }
             }
-            if !m.replacementForTax.isEmpty { try check(m.replacementForTax, "replacement_for_tax") }
-            for (j, id) in m.replacementCandidates.enumerated() { try check(id, "replacement_candidates[\(j)]") }
+            if !instruments[k].replacementForTax.isEmpty {
+                try check(instruments[k].replacementForTax, "replacement_for_tax")
+            }
+            let candidates = instruments[k].replacementCandidates
+            for j in candidates.indices { try check(candidates[j], "replacement_candidates[\(j)]") }
         }
     }
 
