@@ -220,8 +220,8 @@ public final class AuditLog: Sendable {
 ///   every 10 ms added their syncs to the writer's and took p99 at 2,000/s
 ///   from about 5 ms to 13 to 21 ms.
 ///
-/// On Linux the thread runs under SCHED_IDLE: a pass copies several MB at
-/// 2,000 decisions/s (15 to 25 ms of one core), and at normal priority those
+/// On Linux the thread runs under SCHED_IDLE: a 200 ms pass copied several MB
+/// at 2,000 decisions/s (15 to 25 ms of one core), and at normal priority those
 /// bursts took a core from the requests in flight: p99 at 2,000 Rebalance/s
 /// was 5.9 to 13.3 ms at normal priority and 2.5 to 6.1 ms under SCHED_IDLE
 /// (benchmarks/RESULTS.md). The copying then uses the idle time between
@@ -268,11 +268,12 @@ final class Checkpointer: Sendable {
     /// them are copied (nil when the pass failed).
     @discardableResult
     private func checkpoint() -> (frames: Int64, copied: Int64)? {
-        try? database.writeWithoutTransaction { db -> (frames: Int64, copied: Int64)? in
+        let pass = try? database.writeWithoutTransaction { db -> (frames: Int64, copied: Int64)? in
             guard let row = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(PASSIVE)"),
                   let frames = row[1] as Int64?, let copied = row[2] as Int64? else { return nil }
             return (frames, copied)
-        } ?? nil
+        }
+        return pass ?? nil
     }
 
     /// Whether the next pass comes soon: the WAL changed since the previous
