@@ -435,15 +435,16 @@ struct FastBinaryEncoder: SwiftProtobuf.Visitor {
         let length = bytes.count - start
         if length < 0x80 {
             bytes[start - 1] = UInt8(length)
-        } else {
-            var prefix: [UInt8] = []
-            var v = UInt64(length)
-            while v >= 0x80 {
-                prefix.append(UInt8(truncatingIfNeeded: v) | 0x80)
-                v >>= 7
-            }
-            prefix.append(UInt8(v))
-            bytes.replaceSubrange((start - 1)..<start, with: prefix)
+            return
+        }
+        // Make room for the longer length (the payload moves), then write it.
+        var size = 1
+        while length >> (7 * size) != 0 { size += 1 }
+        bytes.insert(contentsOf: repeatElement(0, count: size - 1), at: start)
+        var v = length
+        for i in 0..<size {
+            bytes[start - 1 + i] = UInt8(truncatingIfNeeded: v) | (i < size - 1 ? 0x80 : 0)
+            v >>= 7
         }
     }
 
