@@ -59,6 +59,9 @@ def split_batch(batch: bytes):
 
 
 def write_requests(keel: str, host: str, port: int, assets: int, directory: Path):
+    if not Path(keel).is_file():
+        raise SystemExit(f"--keel {keel}: no such file (build it: swift build -c release "
+                         "--scratch-path .build-release --product keel)")
     run = subprocess.run([keel, "bench", "--target", f"grpc://{host}:{port}", "--assets", str(assets),
                           "--rate", "1", "--write-requests", str(directory)],
                          capture_output=True, text=True)
