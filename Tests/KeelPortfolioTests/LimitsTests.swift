@@ -156,6 +156,108 @@ struct LimitsTests {
         print("projection with groups: worst difference to the reference \(worst)")
     }
 
+    /// Random limits with group caps over `n` assets: every sector or class
+    /// name capped with probability `capped`, caps from a feasible point or
+    /// tighter, bounds with some zeros. Returns the limits, a target and the
+    /// budget `project` aims at (the caps' room when they cannot hold it all).
+    static func randomGroupProblem(_ rng: inout SplitMix64, n: Int, capped: Double)
+        -> (limits: Limits, target: [Double], sum: Double)
+    {
+        let sectorNames = ["A", "B", "C", "D", "E", "F"].prefix(rng.int(1...6))
+        let classes = Array(AssetClass.allCases.prefix(rng.int(1...5)))
+        let sectors = (0..<n).map { _ in rng.pick(Array(sectorNames)) }
+        let assetClasses = (0..<n).map { _ in rng.pick(classes) }
+        let hi = (0..<n).map { _ in rng.chance(0.1) ? 0 : rng.uniform(0.02, 0.6) }
+        var x0 = hi.map { $0 * rng.uniform(0, 1) }
+        let total = x0.reduce(0, +)
+        if total > 1 { x0 = x0.map { $0 / total * rng.uniform(0.5, 1) } }
+        var sectorCaps: [String: Double] = [:]
+        for name in sectorNames where rng.chance(capped) {
+            let sum = (0..<n).filter { sectors[$0] == name }.map { x0[$0] }.reduce(0, +)
+            sectorCaps[name] = max(0, sum * rng.pick([1, 1, 0.5]) + (rng.chance(0.4) ? 0 : rng.uniform(0, 0.1)))
+        }
+        var classCaps: [AssetClass: Double] = [:]
+        for c in classes where rng.chance(capped) {
+            let sum = (0..<n).filter { assetClasses[$0] == c }.map { x0[$0] }.reduce(0, +)
+            classCaps[c] = max(0, sum * rng.pick([1, 1, 0.5]) + (rng.chance(0.4) ? 0 : rng.uniform(0, 0.1)))
+        }
+        var l = Self.limits(n: n, sectors: sectors, classes: assetClasses, sectorCaps: sectorCaps,
+                            classCaps: classCaps, minCash: rng.chance(0.5) ? 0 : rng.uniform(0, 0.1))
+        l.hi = hi
+        let budget = min(rng.chance(0.3) ? 1 : x0.reduce(0, +), l.investedCap)
+        let room = l.maxInvestable()
+        let sum = room < budget ? max(0, room * (1 - 1e-9)) : budget
+        let target = (0..<n).map { _ in rng.chance(0.1) ? -rng.uniform(0, 0.2) : rng.uniform(0, 0.5) }
+        return (l, target, sum)
+    }
+
+    @Test("the dual Newton projection meets the KKT conditions: the exact projection, in few iterations",
+          arguments: 0..<4)
+    func dualProjectionIsExact(batch: Int) throws {
+        var rng = SplitMix64(seed: 700 + UInt64(batch))
+        var mostIterations = 0
+        for case_ in 0..<300 {
+            let n = rng.int(1...100)
+            let (l, t, s) = Self.randomGroupProblem(&rng, n: n, capped: rng.pick([0.5, 1]))
+            guard !l.sectorCaps.isEmpty || !l.classCaps.isEmpty else { continue }
+            let solved = try #require(l.projectDual(t, sum: s), "case \(case_): no convergence")
+            mostIterations = max(mostIterations, solved.iterations)
+            let (w, y) = (solved.w, solved.duals)
+            let sectors = l.sectorCaps.count
+            // Dual feasibility, and w minimises the Lagrangian over the box.
+            #expect(y.dropFirst().allSatisfy { $0 >= 0 }, "case \(case_)")
+            for i in 0..<n {
+                var shift = y[0]
+                if l.sectorOf[i] >= 0 { shift += y[1 + l.sectorOf[i]] }
+                if l.classOf[i] >= 0 { shift += y[1 + sectors + l.classOf[i]] }
+                #expect(w[i] == min(max(t[i] - shift, 0), l.hi[i]))
+            }
+            // Primal feasibility and complementary slackness: then w is the
+            // projection (the KKT conditions suffice for a convex problem).
+            #expect(abs(w.reduce(0, +) - s) < 1e-9, "case \(case_): sum \(w.reduce(0, +)) for \(s)")
+            let sectorSums = l.groupSums(w, l.sectorOf, sectors)
+            let classSums = l.groupSums(w, l.classOf, l.classCaps.count)
+            for g in 0..<sectors {
+                #expect(sectorSums[g] <= l.sectorCaps[g] + 1e-9, "case \(case_): sector \(g)")
+                if y[1 + g] > 1e-7 { #expect(abs(sectorSums[g] - l.sectorCaps[g]) < 1e-9, "case \(case_): sector \(g)") }
+            }
+            for k in 0..<l.classCaps.count {
+                #expect(classSums[k] <= l.classCaps[k] + 1e-9, "case \(case_): class \(k)")
+                if y[1 + sectors + k] > 1e-7 {
+                    #expect(abs(classSums[k] - l.classCaps[k]) < 1e-9, "case \(case_): class \(k)")
+                }
+            }
+            // project() is that point made exactly feasible.
+            let projected = l.project(t, invested: s)
+            #expect(l.violation(projected) == nil)
+            #expect(Self.maxDifference(projected, w) < 1e-8, "case \(case_)")
+        }
+        // Dykstra's alternating projections took up to its 500-sweep cap on
+        // such problems; the Newton method stays far below its own (at most
+        // 21 iterations over 18,000 problems of up to 60 assets, 18 over
+        // 18,000 of up to 250).
+        #expect(mostIterations <= 30, "\(mostIterations) iterations")
+    }
+
+    @Test("more capped groups than the dual Newton system takes: Dykstra, still feasible and close to the reference")
+    func projectFallsBackToDykstra() {
+        let n = 80
+        let sectors = (0..<n).map { "S\($0 % 70)" }
+        var caps: [String: Double] = [:]
+        for g in 0..<70 { caps["S\(g)"] = g % 2 == 0 ? 0.01 : 0.02 }
+        var l = Self.limits(n: n, sectors: sectors, sectorCaps: caps)
+        l.hi = [Double](repeating: 0.05, count: n)
+        #expect(1 + l.sectorCaps.count > Limits.maxDualVariables)
+        let t = (0..<n).map { Double($0 % 7) / 100 }
+        #expect(l.projectDual(t, sum: 0.9) == nil)
+        let w = l.project(t, invested: 0.9)
+        #expect(l.violation(w) == nil)
+        let reference = Self.referenceProjection(t, hi: l.hi, s: min(0.9, l.maxInvestable() * (1 - 1e-9)),
+                                                 sectorOf: l.sectorOf, sectorCaps: l.sectorCaps,
+                                                 classOf: l.classOf, classCaps: l.classCaps)
+        #expect(Self.maxDifference(w, reference) < 1e-5)
+    }
+
     @Test("project when the caps cannot hold the whole budget: invests what the caps allow, nearest to the target")
     func projectInconsistentBudget() {
         // Both instruments in sector A, capped at 50 %, and a budget of 100 %.

@@ -3,7 +3,7 @@
 // for 10, 100 and 1000 assets. Build and run in release:
 //
 //   swift run -c release --scratch-path .build-release keel-engine-bench [--model PATH] [--seconds S]
-//       [--assets 10,100,1000] [--history inline|published]
+//       [--assets 10,100,1000] [--history inline|published] [--mandates N]
 //
 // Requests come from KeelClient.BenchRequests (the same generator as `keel
 // bench`) with 64 days of price history, mapped to the domain once; each
@@ -15,6 +15,9 @@
 // the history was published with PublishMarketData into the server's
 // MarketState, which keeps each instrument's analysed series (returns and
 // statistics, computed once per new price), and the request carries none.
+//
+// --mandates N: instead of one fixed request per size, N requests with
+// tighter sector and asset-class caps (see "Varied mandates" below).
 //
 // KEEL_BENCH_STAGES=1 then times the served path's stages in process for
 // 100 assets: decoding the request (swift-protobuf and KeelAPI's specialised
@@ -44,16 +47,18 @@ var modelPath = "models/policy/2/model.onnx"
 var published = true
 var seconds = 3.0
 var sizes = [10, 100, 1000]
+var mandates = 0
 var args = CommandLine.arguments.dropFirst()
 while let flag = args.popFirst() {
     switch flag {
     case "--model": modelPath = args.popFirst() ?? modelPath
     case "--seconds": seconds = Double(args.popFirst() ?? "") ?? seconds
     case "--assets": sizes = (args.popFirst() ?? "").split(separator: ",").compactMap { Int($0) }
+    case "--mandates": mandates = max(0, Int(args.popFirst() ?? "") ?? 0)
     case "--history" where ["inline", "published"].contains(args.first ?? ""): published = args.popFirst() == "published"
     default:
         FileHandle.standardError.write(Data(("usage: keel-engine-bench [--model PATH] [--seconds S] [--assets 10,100,1000] "
-            + "[--history inline|published]\n").utf8))
+            + "[--history inline|published] [--mandates N]\n").utf8))
         exit(64)
     }
 }
@@ -63,6 +68,47 @@ let scorer = SessionScorer(session: try model.makeSession(), featureNames: model
 var config = EngineConfig()
 if let top = ProcessInfo.processInfo.environment["KEEL_BENCH_TOP_FEATURES"], let k = Int(top) { config.topFeatures = k }
 let engine = RebalanceEngine(config: config)
+// MARK: - Varied mandates
+// `--mandates N`: the engine alone on N different requests per size (seeds
+// 1...N), their sector caps 0.12 to 0.35 and asset-class caps scaled by 0.5
+// to 1, so that caps of both kinds bind; each timed as the best of 20 runs.
+// The fixed request above happens to leave most caps slack.
+if mandates > 0 {
+    print("engine alone over varied mandates, model \(modelPath) (sha256 \(model.sha256.prefix(12))), blas core "
+        + "\(Blas.coreName), best of 20 runs per mandate, history published (market state)")
+    print("")
+    print("| assets | mandates | p50 us | p90 us | p99 us | max us | infeasible |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for assets in sizes {
+        var times: [Double] = []
+        var infeasible = 0
+        for seed in 1...mandates {
+            let market = MarketState()
+            var request = BenchRequests.rebalance(assets: assets, historyDays: 0, seed: UInt64(seed))
+            _ = market.apply(BenchRequests.priceHistory(for: request, days: 64, seed: UInt64(seed)).updates)
+            let sectorCap = [0.35, 0.25, 0.2, 0.15, 0.12][seed % 5], classScale = [1.0, 0.8, 0.6, 0.5][seed / 5 % 4]
+            for i in request.mandate.sectorCaps.indices { request.mandate.sectorCaps[i].weight = sectorCap }
+            for i in request.mandate.assetClassCaps.indices { request.mandate.assetClassCaps[i].weight *= classScale }
+            let (input, _) = try RebalanceMapping.input(request, market: market)
+            var decision = try engine.rebalance(input, policy: scorer)
+            for _ in 0..<5 { decision = try engine.rebalance(input, policy: scorer) }
+            if decision.status == .infeasible { infeasible += 1 }
+            let clock = ContinuousClock()
+            var best = Duration.seconds(1)
+            for _ in 0..<20 {
+                let t0 = clock.now
+                _ = try engine.rebalance(input, policy: scorer)
+                best = min(best, clock.now - t0)
+            }
+            times.append(Double(best.components.seconds) * 1e6 + Double(best.components.attoseconds) / 1e12)
+        }
+        times.sort()
+        func at(_ q: Double) -> String { String(format: "%.1f", times[min(times.count - 1, Int(q * Double(times.count)))]) }
+        print("| \(assets) | \(mandates) | \(at(0.5)) | \(at(0.9)) | \(at(0.99)) | \(String(format: "%.1f", times.last ?? 0)) | \(infeasible) |")
+    }
+    exit(0)
+}
+
 print("engine alone, model \(modelPath) (sha256 \(model.sha256.prefix(12))), blas core \(Blas.coreName), "
     + "threads \(Blas.threads), \(seconds) s per size, history \(published ? "published (market state)" : "inline")")
 print("")
