@@ -72,7 +72,7 @@ let engine = RebalanceEngine(config: config)
 // `--mandates N`: the engine alone on N different requests per size (seeds
 // 1...N), their sector caps 0.12 to 0.35 and asset-class caps scaled by 0.5
 // to 1, so that caps of both kinds bind; each timed as the best of 20 runs.
-// The fixed request above happens to leave most caps slack.
+// The default mode's fixed request (seed 42) leaves most caps slack.
 if mandates > 0 {
     print("engine alone over varied mandates, model \(modelPath) (sha256 \(model.sha256.prefix(12))), blas core "
         + "\(Blas.coreName), best of 20 runs per mandate, history published (market state)")
