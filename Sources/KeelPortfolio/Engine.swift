@@ -191,23 +191,57 @@ public struct RebalanceEngine: Sendable {
             alpha = min(alpha, bisect(volOK))
         }
 
-        // 6. Orders, with a smaller step whenever rounding breaks a limit.
-        var plan: Plan? = nil
-        var planChecks: [ComplianceCheck] = []
+        // 6. Orders, with a smaller step whenever rounding breaks a limit:
+        // the steps α(1 − k/16), k = 0...16, the largest whose whole-lot
+        // orders pass every check. Rounding (sales round up to whole lots)
+        // can keep every k < 16 failing, and a plan costs 10 to 35 us, so
+        // after k = 0 fails, k = 16 (the forced point alone) is tried, and
+        // if it passes a bisection over the k between finds the boundary
+        // (fewer trades pass more easily); if it fails, every k is tried in
+        // turn, as the conflicts must come from a full search.
         var step = alpha
-        for attempt in 0...16 {
-            step = alpha * (1 - Double(attempt) / 16)
+        func attempt(_ k: Int) -> (plan: Plan, checks: [ComplianceCheck], failures: [ComplianceCheck]) {
+            let s = alpha * (1 - Double(k) / 16)
             var w = forced
-            for i in 0..<n { w[i] += step * d[i] }
+            for i in 0..<n { w[i] += s * d[i] }
             let candidate = makePlan(x, continuous: w, goal: p, force: force, tilt: tilt, z: z, limits: limits,
                                      risk: risk, volLimit: volLimit)
             let candidateChecks = Compliance.check(candidate.outcome, prepared: x, limits: limits, risk: risk,
                                                    maxVol: maxVol, volRule: volRule, volBefore: volBefore)
-            let failures = candidateChecks.filter { !$0.passed }
-            if failures.isEmpty { plan = candidate; planChecks = candidateChecks; break }
-            if attempt == 16 {
-                conflicts = failures.map { "\($0.rule) cannot hold with \(forcedRules.joined(separator: ", ")): \($0.detail)" }
+            return (candidate, candidateChecks, candidateChecks.filter { !$0.passed })
+        }
+        var found: (k: Int, plan: Plan, checks: [ComplianceCheck])? = nil
+        let first = attempt(0)
+        if first.failures.isEmpty {
+            found = (0, first.plan, first.checks)
+        } else {
+            let last = attempt(16)
+            if last.failures.isEmpty {
+                var failing = 0, passing = (k: 16, plan: last.plan, checks: last.checks)
+                while passing.k - failing > 1 {
+                    let mid = (failing + passing.k) / 2
+                    let result = attempt(mid)
+                    if result.failures.isEmpty { passing = (mid, result.plan, result.checks) } else { failing = mid }
+                }
+                found = passing
+            } else {
+                for k in 1...15 {
+                    let result = attempt(k)
+                    if result.failures.isEmpty { found = (k, result.plan, result.checks); break }
+                }
+                if found == nil {
+                    conflicts = last.failures.map {
+                        "\($0.rule) cannot hold with \(forcedRules.joined(separator: ", ")): \($0.detail)"
+                    }
+                }
             }
+        }
+        var plan: Plan? = nil
+        var planChecks: [ComplianceCheck] = []
+        if let found {
+            plan = found.plan
+            planChecks = found.checks
+            step = alpha * (1 - Double(found.k) / 16)
         }
         guard var chosen = plan else {
             return infeasible(x, risk: risk, maxVol: maxVol, scores: scores, conflicts: conflicts)

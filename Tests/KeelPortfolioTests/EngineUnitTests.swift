@@ -250,6 +250,34 @@ struct EngineUnitTests {
         #expect(d.compliance.checks.contains { $0.rule == "mandate.max_turnover" && $0.detail.contains("<= 20.0%") })
     }
 
+    @Test("whole lots larger than the turnover cap allow no step toward the target: the portfolio is kept")
+    func lotsLargerThanTheTurnoverCap() throws {
+        // A lot is 10 % of the portfolio and the cap 2 %: every step toward
+        // the 50/50 target rounds to at least one lot, so only the step 0
+        // (the current holdings) passes; the search finds it by bisection.
+        let instruments = [Self.equity("A", seed: 1, lot: 100), Self.equity("B", seed: 2, lot: 100)]
+        let mandate = Mandate(strategicWeights: [("A", 0.5), ("B", 0.5)], maxTurnover: 0.02)
+        let d = try Self.run(Self.input(instruments, holdings: ["A": 800, "B": 200], cash: 0, mandate: mandate))
+        #expect(d.status == .noTrade)
+        #expect(d.orders.isEmpty)
+        #expect(d.compliance.compliant)
+        #expect(d.turnover == 0)
+    }
+
+    @Test("lots that let part of the way through the turnover cap: the largest passing step is traded")
+    func lotsAllowPartOfTheWay() throws {
+        // Lots of 1 % of the portfolio and a 5 % cap: the continuous step
+        // uses the cap exactly, rounding a sale up can break it, and a
+        // smaller step on the grid then passes; turnover stays within 5 %.
+        let instruments = [Self.equity("A", seed: 1, lot: 10), Self.equity("B", seed: 2, lot: 10)]
+        let mandate = Mandate(strategicWeights: [("A", 0.5), ("B", 0.5)], maxTurnover: 0.05)
+        let d = try Self.run(Self.input(instruments, holdings: ["A": 800, "B": 200], cash: 0, mandate: mandate))
+        #expect(d.status == .executable)
+        #expect(d.turnover <= 0.05 + 1e-12)
+        #expect(d.turnover >= 0.02, "trades part of the way (turnover \(d.turnover))")
+        #expect(d.compliance.checks.contains { $0.rule == "mandate.max_turnover" && $0.detail.contains("turnover cap") })
+    }
+
     @Test("forced sales that need more than the turnover cap: infeasible, naming mandate.max_turnover")
     func forcedSalesExceedTurnover() throws {
         let instruments = [Self.equity("A", seed: 1), Self.equity("B", seed: 2)]

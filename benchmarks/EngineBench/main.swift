@@ -71,8 +71,11 @@ let engine = RebalanceEngine(config: config)
 // MARK: - Varied mandates
 // `--mandates N`: the engine alone on N different requests per size (seeds
 // 1...N), their sector caps 0.12 to 0.35 and asset-class caps scaled by 0.5
-// to 1, so that caps of both kinds bind; each timed as the best of 20 runs.
-// The default mode's fixed request (seed 42) leaves most caps slack.
+// to 1 (so that caps of both kinds bind), risk tolerance 1 to 7, turnover
+// caps 2 % to 100 %, minimum cash 0 to 20 %, a fifth of the instruments
+// excluded in every third request and basic knowledge in every fourth; each
+// timed as the best of 20 runs. The default mode's fixed request (seed 42)
+// leaves most caps slack.
 if mandates > 0 {
     print("engine alone over varied mandates, model \(modelPath) (sha256 \(model.sha256.prefix(12))), blas core "
         + "\(Blas.coreName), best of 20 runs per mandate, history published (market state)")
@@ -89,6 +92,11 @@ if mandates > 0 {
             let sectorCap = [0.35, 0.25, 0.2, 0.15, 0.12][seed % 5], classScale = [1.0, 0.8, 0.6, 0.5][seed / 5 % 4]
             for i in request.mandate.sectorCaps.indices { request.mandate.sectorCaps[i].weight = sectorCap }
             for i in request.mandate.assetClassCaps.indices { request.mandate.assetClassCaps[i].weight *= classScale }
+            request.riskProfile.riskTolerance = Int32(1 + seed % 7)
+            request.mandate.maxTurnover = [0.02, 0.05, 0.1, 0.3, 1.0][seed / 3 % 5]
+            request.mandate.minCashWeight = [0.0, 0.01, 0.05, 0.2][seed / 7 % 4]
+            if seed % 3 == 0 { request.mandate.excludedInstruments = request.instruments.prefix(assets / 5).map(\.id) }
+            if seed % 4 == 0 { request.riskProfile.knowledge = .basic }
             let (input, _) = try RebalanceMapping.input(request, market: market)
             var decision = try engine.rebalance(input, policy: scorer)
             for _ in 0..<5 { decision = try engine.rebalance(input, policy: scorer) }
