@@ -214,6 +214,11 @@ public struct RebalanceEngine: Sendable {
         let first = attempt(0)
         if first.failures.isEmpty {
             found = (0, first.plan, first.checks)
+        } else if alpha == 0 {
+            // Every k gives the same point: nothing else to try.
+            conflicts = first.failures.map {
+                "\($0.rule) cannot hold with \(forcedRules.joined(separator: ", ")): \($0.detail)"
+            }
         } else {
             let last = attempt(16)
             if last.failures.isEmpty {
