@@ -264,9 +264,6 @@ struct Limits {
 
     // MARK: - Exact projection (dual Newton)
 
-    /// Most dual variables (1 + capped sectors + capped classes) for which
-    /// ``projectDual`` forms its dense Newton system.
-    static let maxDualVariables = 65
     /// The Newton system's ridge while full steps succeed, relative to its
     /// largest diagonal entry.
     static let minimumRidge = 1e-10
@@ -289,14 +286,15 @@ struct Limits {
     /// the KKT conditions to rounding: w(y) is then the exact projection.
     ///
     /// Returns the weights, the multipliers [λ, μ…, ν…] and the Newton
-    /// iterations taken, or nil when the dual is too large for a dense
-    /// system or the method does not converge within ``maxNewtonIterations``
+    /// iterations taken, or nil when both partitions have more capped groups
+    /// than ``maxDenseVariables`` or the method does not converge within
+    /// ``maxNewtonIterations``
     /// (the caller then uses Dykstra). Over 300 varied 10-, 100- and
     /// 1000-asset mandates it took 1 to 12 iterations (benchmarks/RESULTS.md).
     func projectDual(_ t: [Double], sum s: Double) -> (w: [Double], duals: [Double], iterations: Int)? {
         let sectors = sectorCaps.count, classes = classCaps.count
         let m = 1 + sectors + classes
-        guard m <= Self.maxDualVariables, n > 0 else { return nil }
+        guard min(sectors, classes) < Self.maxDenseVariables, sectors * classes <= 1 << 20, n > 0 else { return nil }
         var b = [Double](repeating: 0, count: m)
         b[0] = s
         for g in 0..<sectors { b[1 + g] = sectorCaps[g] }
@@ -357,14 +355,10 @@ struct Limits {
         // multiplier that reaches zero first. Sums are then right to 1e-9.
         let tolerance = 1e-12 * max(1, Double(n) / 100)
         var previous = Double.infinity
-        var hessian = [Double](repeating: 0, count: m * m)
+        var newton = NewtonSystem(sectors: sectors, classes: classes)
         var held = [Bool](repeating: false, count: m)
         var direction = [Double](repeating: 0, count: m)
         var trialY = y, trialW = w, trialFree = free, trialGradient = gradient
-        var index: [Int] = []
-        index.reserveCapacity(m)
-        var system = [Double](repeating: 0, count: m * m)
-        var rhs = [Double](repeating: 0, count: m)
         var ridge = Self.minimumRidge
         for iteration in 1...Self.maxNewtonIterations {
             let r = residual(y, gradient)
@@ -373,23 +367,10 @@ struct Limits {
             // Multipliers held at zero: at (or within r of) zero with the
             // gradient pushing them below it.
             let epsilon = min(1e-9, r)
-            index.removeAll(keepingCapacity: true)
-            for j in 0..<m {
-                held[j] = j > 0 && y[j] <= epsilon && gradient[j] < 0
-                if !held[j] { index.append(j) }
-            }
+            for j in 0..<m { held[j] = j > 0 && y[j] <= epsilon && gradient[j] < 0 }
             // Newton system on the others: Σ over free assets of aᵢaᵢᵀ.
-            for k in 0..<(m * m) { hessian[k] = 0 }
-            for i in 0..<n where free[i] {
-                let si = sectorIndex[i], ci = classIndex[i]
-                hessian[0] += 1
-                if si >= 0 { hessian[si] += 1; hessian[si * m] += 1; hessian[si * m + si] += 1 }
-                if ci >= 0 { hessian[ci] += 1; hessian[ci * m] += 1; hessian[ci * m + ci] += 1 }
-                if si >= 0 && ci >= 0 { hessian[si * m + ci] += 1; hessian[ci * m + si] += 1 }
-            }
-            let size = index.count
-            var largest = 1.0
-            for p in index { largest = max(largest, hessian[p * m + p]) }
+            newton.count(free: free, sectorOf: sectorOf, classOf: classOf)
+            let largest = max(1, newton.total)
             // Levenberg-Marquardt: a ridge on the Newton system, tiny while
             // full steps succeed. A multiplier none of whose assets is free,
             // or a combination of multipliers that moves no shift (the budget
@@ -400,14 +381,9 @@ struct Limits {
             var accepted = false
             var step = 1.0
             while !accepted {
-                for (a, p) in index.enumerated() {
-                    rhs[a] = gradient[p]
-                    for (c, q) in index.enumerated() { system[a * size + c] = hessian[p * m + q] }
-                    system[a * size + a] += ridge * largest
+                guard newton.solve(gradient: gradient, held: held, ridge: ridge * largest, into: &direction) else {
+                    return nil
                 }
-                guard Self.solveSymmetric(&system, &rhs, size) else { return nil }
-                for j in 0..<m { direction[j] = 0 }
-                for (a, p) in index.enumerated() { direction[p] = rhs[a] }
                 // Armijo search along the projected arc: 1, 1/2, ... 1/32.
                 step = 1.0
                 for _ in 0..<6 {
@@ -445,6 +421,120 @@ struct Limits {
             swap(&gradient, &trialGradient)
         }
         return residual(y, gradient) <= 1e-9 ? (w, y, Self.maxNewtonIterations) : nil
+    }
+
+    /// Most multipliers of the smaller partition (with the budget's) for
+    /// which ``projectDual`` solves a dense system: the larger partition is
+    /// eliminated first (its block of the Newton system is diagonal, as each
+    /// asset is in one sector and one class), so many capped sectors cost
+    /// only a diagonal. Asset classes number at most eight.
+    static let maxDenseVariables = 64
+
+    /// The Newton system of ``projectDual``,
+    ///
+    ///     (Σ over free assets of aᵢaᵢᵀ + ridge·I) d = gradient
+    ///
+    /// on the multipliers that are not held at zero, where aᵢ has a 1 for
+    /// the budget, the asset's capped sector and its capped class. Counted
+    /// per group instead of formed: the sector-sector and class-class blocks
+    /// are diagonal. The larger partition is eliminated (a Schur complement),
+    /// which leaves a dense system on the budget and the smaller partition.
+    struct NewtonSystem {
+        let sectors: Int
+        let classes: Int
+        /// Free assets: in all, per capped sector, per capped class, and per
+        /// (sector, class) pair (row-major by sector).
+        var total = 0.0
+        var perSector: [Double]
+        var perClass: [Double]
+        var pairs: [Double]
+        private var dense: [Double]
+        private var rhs: [Double]
+        private var kept: [Int]
+        private var row: [Double]
+        private var rowIndex: [Int]
+
+        init(sectors: Int, classes: Int) {
+            self.sectors = sectors
+            self.classes = classes
+            perSector = [Double](repeating: 0, count: sectors)
+            perClass = [Double](repeating: 0, count: classes)
+            pairs = [Double](repeating: 0, count: sectors * classes)
+            let size = 1 + min(sectors, classes)
+            dense = [Double](repeating: 0, count: size * size)
+            rhs = [Double](repeating: 0, count: size)
+            kept = []
+            kept.reserveCapacity(size)
+            row = [Double](repeating: 0, count: size)
+            rowIndex = []
+            rowIndex.reserveCapacity(size)
+        }
+
+        mutating func count(free: [Bool], sectorOf: [Int], classOf: [Int]) {
+            total = 0
+            for g in 0..<sectors { perSector[g] = 0 }
+            for k in 0..<classes { perClass[k] = 0 }
+            for p in 0..<pairs.count { pairs[p] = 0 }
+            for i in 0..<free.count where free[i] {
+                total += 1
+                let g = sectorOf[i], k = classOf[i]
+                if g >= 0 { perSector[g] += 1 }
+                if k >= 0 { perClass[k] += 1 }
+                if g >= 0 && k >= 0 { pairs[g * classes + k] += 1 }
+            }
+        }
+
+        /// Fills `direction` (budget, sectors, classes; zero where `held`);
+        /// false when the reduced system is not positive definite.
+        mutating func solve(gradient: [Double], held: [Bool], ridge: Double, into direction: inout [Double]) -> Bool {
+            // Partition A (eliminated) has the more groups; B is kept dense.
+            let eliminateSectors = sectors >= classes
+            let countA = eliminateSectors ? sectors : classes, countB = eliminateSectors ? classes : sectors
+            let offsetA = eliminateSectors ? 1 : 1 + sectors, offsetB = eliminateSectors ? 1 + sectors : 1
+            func freeInA(_ a: Int) -> Double { eliminateSectors ? perSector[a] : perClass[a] }
+            func freeInB(_ b: Int) -> Double { eliminateSectors ? perClass[b] : perSector[b] }
+            func freeInBoth(_ a: Int, _ b: Int) -> Double {
+                eliminateSectors ? pairs[a * classes + b] : pairs[b * classes + a]
+            }
+            kept.removeAll(keepingCapacity: true)
+            for b in 0..<countB where !held[offsetB + b] { kept.append(b) }
+            let size = 1 + kept.count
+            for p in 0..<(size * size) { dense[p] = 0 }
+            dense[0] = total + ridge
+            rhs[0] = gradient[0]
+            for (u, b) in kept.enumerated() {
+                dense[1 + u] = freeInB(b)
+                dense[(1 + u) * size] = freeInB(b)
+                dense[(1 + u) * size + 1 + u] = freeInB(b) + ridge
+                rhs[1 + u] = gradient[offsetB + b]
+            }
+            // The Schur complement of the diagonal A block.
+            for a in 0..<countA where !held[offsetA + a] {
+                let pivot = freeInA(a) + ridge
+                rowIndex.removeAll(keepingCapacity: true)
+                row[0] = freeInA(a)
+                if row[0] != 0 { rowIndex.append(0) }
+                for (u, b) in kept.enumerated() {
+                    row[1 + u] = freeInBoth(a, b)
+                    if row[1 + u] != 0 { rowIndex.append(1 + u) }
+                }
+                let ga = gradient[offsetA + a]
+                for p in rowIndex {
+                    rhs[p] -= row[p] * ga / pivot
+                    for q in rowIndex { dense[p * size + q] -= row[p] * row[q] / pivot }
+                }
+            }
+            guard Limits.solveSymmetric(&dense, &rhs, size) else { return false }
+            for j in 0..<direction.count { direction[j] = 0 }
+            direction[0] = rhs[0]
+            for (u, b) in kept.enumerated() { direction[offsetB + b] = rhs[1 + u] }
+            for a in 0..<countA where !held[offsetA + a] {
+                var v = gradient[offsetA + a] - freeInA(a) * rhs[0]
+                for (u, b) in kept.enumerated() { v -= freeInBoth(a, b) * rhs[1 + u] }
+                direction[offsetA + a] = v / (freeInA(a) + ridge)
+            }
+            return true
+        }
     }
 
     /// Solves the symmetric positive definite `size`×`size` system in place
