@@ -286,9 +286,9 @@ struct Limits {
     /// the KKT conditions to rounding: w(y) is then the exact projection.
     ///
     /// Returns the weights, the multipliers [λ, μ…, ν…] and the Newton
-    /// iterations taken, or nil when both partitions have more capped groups
-    /// than ``maxDenseVariables`` or the method does not converge within
-    /// ``maxNewtonIterations``
+    /// iterations taken, or nil when both partitions have at least
+    /// ``maxDenseVariables`` capped groups (or more than 2^20 sector-class
+    /// pairs), or the method does not converge within ``maxNewtonIterations``
     /// (the caller then uses Dykstra). Over 300 varied 10-, 100- and
     /// 1000-asset mandates it took 1 to 12 iterations (benchmarks/RESULTS.md).
     func projectDual(_ t: [Double], sum s: Double) -> (w: [Double], duals: [Double], iterations: Int)? {
@@ -444,10 +444,10 @@ struct Limits {
         let classes: Int
         /// Free assets: in all, per capped sector, per capped class, and per
         /// (sector, class) pair (row-major by sector).
-        var total = 0.0
-        var perSector: [Double]
-        var perClass: [Double]
-        var pairs: [Double]
+        private(set) var total = 0.0
+        private(set) var perSector: [Double]
+        private(set) var perClass: [Double]
+        private(set) var pairs: [Double]
         private var dense: [Double]
         private var rhs: [Double]
         private var kept: [Int]
