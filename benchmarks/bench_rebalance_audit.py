@@ -9,7 +9,7 @@ prints one Markdown table (the one in benchmarks/RESULTS.md).
 
     swift build -c release --scratch-path .build-release --product keel
     .venv/bin/python benchmarks/bench_rebalance_audit.py --keel .build-release/release/keel \
-        [--rows 100:500:normal,100:2000:full] [--transport tcp|grpc] [--duration 10s]
+        [--rows 100:500:normal,100:2000:full] [--transport tcp|grpc] [--duration 10s] [--mandates N]
 
 Server and load generator share the machine's cores, as in RESULTS.md.
 """
@@ -77,7 +77,7 @@ def wait_listening(port, process, timeout=30.0):
     raise RuntimeError(f"keel serve did not listen on port {port} within {timeout} s")
 
 
-def run_row(keel, models, assets, rate, sync, transport, duration, warmup):
+def run_row(keel, models, assets, rate, sync, transport, duration, warmup, mandates=0):
     work = tempfile.mkdtemp(prefix="keel-bench-audit-")
     try:
         grpc, tcp, metrics = free_port(), free_port(), free_port()
@@ -93,7 +93,8 @@ def run_row(keel, models, assets, rate, sync, transport, duration, warmup):
             target = f"tcp://127.0.0.1:{tcp}" if transport == "tcp" else f"grpc://127.0.0.1:{grpc}"
             bench = subprocess.run(
                 [keel, "bench", "--target", target, "--assets", str(assets), "--rate", str(rate),
-                 "--duration", duration, "--warmup", warmup, "--open-loop-connections", "4", "--format", "json"],
+                 "--duration", duration, "--warmup", warmup, "--open-loop-connections", "4", "--format", "json",
+                 "--mandates", str(mandates)],
                 capture_output=True, text=True)
             if bench.returncode not in (0, 2):
                 raise RuntimeError(f"keel bench failed ({bench.returncode}): {bench.stderr.strip()}")
@@ -121,6 +122,9 @@ def main():
     parser.add_argument("--transport", choices=["tcp", "grpc"], default="tcp")
     parser.add_argument("--duration", default="10s")
     parser.add_argument("--warmup", default="2s")
+    parser.add_argument("--mandates", type=int, default=0,
+                        help="send N Rebalance requests in turn with varied mandates (keel bench --mandates; "
+                             "default 0: its one fixed request)")
     args = parser.parse_args()
     rows = parse_rows(args.rows)
     if not os.access(args.keel, os.X_OK):
@@ -135,7 +139,8 @@ def main():
         print(f"| assets | rate | sync | ok | p50 us | p90 us | p99 us | p99.9 us | engine us | audit us | decode us | encode us |")
         print("|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for assets, rate, sync in rows:
-            report, means = run_row(args.keel, models, assets, rate, sync, args.transport, args.duration, args.warmup)
+            report, means = run_row(args.keel, models, assets, rate, sync, args.transport, args.duration, args.warmup,
+                                    args.mandates)
             latency = report["latency_us"]
             cells = [f"{assets}", f"{rate:,}/s", sync, f"{report['ok']:,} of {report['sent']:,}"]
             cells += [f"{latency[k]:,.0f}" for k in ("p50", "p90", "p99", "p99_9")]

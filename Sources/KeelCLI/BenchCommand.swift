@@ -91,10 +91,19 @@ struct BenchCommand: AsyncParsableCommand {
     var seed: UInt64 = 42
 
     @Option(
+        help: ArgumentHelp(
+            "Rebalance: send N requests in turn that differ in mandate and risk profile (caps that bind, "
+                + "risk tolerance 1 to 7, turnover caps 2 % to 100 %, minimum cash, exclusions; the same "
+                + "instruments, holdings and prices). 0: one fixed request.",
+            valueName: "N"))
+    var mandates: Int = 0
+
+    @Option(
         name: .customLong("write-requests"),
         help: ArgumentHelp(
             "Write the request bytes the run would send to DIR and exit without connecting: request.bin (the "
-                + "serialized request message) and, for Rebalance with published history, market.bin (the "
+                + "serialized request message; with --mandates N also request-1.bin ... request-N.bin, request.bin "
+                + "being the first) and, for Rebalance with published history, market.bin (the "
                 + "keel.v1.PriceUpdateBatch published first). For other clients (benchmarks/bench_grpcio_client.py).",
             valueName: "dir"))
     var writeRequests: String?
@@ -148,6 +157,10 @@ struct BenchCommand: AsyncParsableCommand {
             throw ValidationError("--rate and --connections exclude each other: give exactly one")
         }
         guard assets >= 1, assets <= 100_000 else { throw ValidationError("--assets must be from 1 to 100000") }
+        guard mandates >= 0, mandates <= 10_000 else { throw ValidationError("--mandates must be from 0 to 10000") }
+        if mandates > 0, rpc != .rebalance {
+            throw ValidationError("--mandates applies to Rebalance only, not \(rpc.name)")
+        }
         guard maxInFlight >= 1 else { throw ValidationError("--max-in-flight must be at least 1") }
         guard maxErrorRate.isFinite, maxErrorRate >= 0, maxErrorRate <= 1 else {
             throw ValidationError("--max-error-rate must be a fraction from 0 to 1")
@@ -175,19 +188,26 @@ struct BenchCommand: AsyncParsableCommand {
         _ = try settings()
     }
 
-    /// The request the run sends, and the price history it publishes first
-    /// (Rebalance without --inline-history), as `keel bench` builds them.
-    func prepared(_ s: Settings) throws -> (request: [UInt8], market: Keel_V1_PriceUpdateBatch?) {
+    /// The requests the run sends in turn (one, or --mandates of them), and
+    /// the price history it publishes first (Rebalance without
+    /// --inline-history), as `keel bench` builds them.
+    func prepared(_ s: Settings) throws -> (requests: [[UInt8]], market: Keel_V1_PriceUpdateBatch?) {
         do {
             guard s.method == .rebalance else {
-                return (try BenchRequests.serialized(s.method, assets: assets, seed: seed), nil)
+                return ([try BenchRequests.serialized(s.method, assets: assets, seed: seed)], nil)
             }
             let days = max(0, historyDays)
             var rebalance = BenchRequests.rebalance(assets: assets, historyDays: inlineHistory ? days : 0, seed: seed)
             rebalance.model = model
             let market = !inlineHistory && days > 0
                 ? BenchRequests.priceHistory(for: rebalance, days: days, seed: seed) : nil
-            return (try rebalance.serializedBytes(), market)
+            guard mandates > 0 else { return ([try rebalance.serializedBytes()], market) }
+            let requests = try (1...mandates).map { variant -> [UInt8] in
+                var varied = rebalance
+                BenchRequests.varyMandate(&varied, variant: variant)
+                return try varied.serializedBytes()
+            }
+            return (requests, market)
         } catch {
             throw fail("cannot prepare the request: \(error)")
         }
@@ -196,12 +216,18 @@ struct BenchCommand: AsyncParsableCommand {
     func run() async throws {
         let s = try settings()
         let endpoint = s.endpoint
-        let (request, market) = try prepared(s)
+        let (requests, market) = try prepared(s)
         if let directory = writeRequests {
             let url = URL(fileURLWithPath: directory, isDirectory: true)
+            let request = requests[0]
             do {
                 try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
                 try Data(request).write(to: url.appendingPathComponent("request.bin"))
+                if mandates > 0 {
+                    for (k, bytes) in requests.enumerated() {
+                        try Data(bytes).write(to: url.appendingPathComponent("request-\(k + 1).bin"))
+                    }
+                }
                 if let market {
                     try Data(try market.serializedBytes() as [UInt8]).write(to: url.appendingPathComponent("market.bin"))
                 }
@@ -209,6 +235,7 @@ struct BenchCommand: AsyncParsableCommand {
                 throw fail("cannot write the requests to \(directory): \(error)")
             }
             print("wrote \(url.appendingPathComponent("request.bin").path) (\(s.method.fullName), \(request.count) bytes)"
+                + (mandates > 0 ? ", request-1.bin to request-\(mandates).bin" : "")
                 + (market.map { ", market.bin (\($0.updates.count) price updates)" } ?? ""))
             return
         }
@@ -244,12 +271,12 @@ struct BenchCommand: AsyncParsableCommand {
         let generator = LoadGenerator()
         if s.warmup > .zero {
             let warm = LoadPlan(
-                method: s.method, request: request, mode: s.mode, duration: s.warmup,
+                method: s.method, requests: requests, mode: s.mode, duration: s.warmup,
                 timeout: s.timeout, maxInFlight: maxInFlight, drainTimeout: .seconds(5))
             _ = await generator.run(warm, using: clients)
         }
         let plan = LoadPlan(
-            method: s.method, request: request, mode: s.mode, duration: s.duration,
+            method: s.method, requests: requests, mode: s.mode, duration: s.duration,
             timeout: s.timeout, maxInFlight: maxInFlight)
         let result = await generator.run(plan, using: clients)
         for c in clients { await c.close() }

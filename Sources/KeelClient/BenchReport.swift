@@ -39,7 +39,10 @@ public struct BenchReport: Sendable, Equatable {
     /// Closed loop: callers; open loop: the in-flight bound.
     public var concurrency: Int
     public var durationSeconds: Double
+    /// The request's size; with several requests in turn, their mean size.
     public var requestBytes: Int
+    /// How many different requests were sent in turn (1: the same every time).
+    public var requestVariants: Int
     public var sent: Int
     public var ok: Int
     public var errors: Int
@@ -55,7 +58,8 @@ public struct BenchReport: Sendable, Equatable {
     public static func == (a: BenchReport, b: BenchReport) -> Bool {
         a.target == b.target && a.method == b.method && a.mode == b.mode && a.requestedRate == b.requestedRate
             && a.connections == b.connections && a.concurrency == b.concurrency
-            && a.durationSeconds == b.durationSeconds && a.requestBytes == b.requestBytes && a.sent == b.sent
+            && a.durationSeconds == b.durationSeconds && a.requestBytes == b.requestBytes
+            && a.requestVariants == b.requestVariants && a.sent == b.sent
             && a.ok == b.ok && a.errors == b.errors
             && a.errorsByCode.map(\.code) == b.errorsByCode.map(\.code)
             && a.errorsByCode.map(\.count) == b.errorsByCode.map(\.count)
@@ -80,7 +84,8 @@ public struct BenchReport: Sendable, Equatable {
         }
         self.connections = connections
         durationSeconds = Double(plan.duration.nanoseconds) / 1e9
-        requestBytes = plan.request.count
+        requestVariants = plan.requests.count
+        requestBytes = Int((Double(plan.requests.reduce(0) { $0 + $1.count }) / Double(requestVariants)).rounded())
         sent = result.sent
         ok = result.ok
         errors = result.errors
@@ -158,7 +163,9 @@ public struct BenchReport: Sendable, Equatable {
         } else {
             head += " with \(concurrency) caller\(concurrency == 1 ? "" : "s")"
         }
-        head += ", \(connections) connection\(connections == 1 ? "" : "s"), \(fixed(durationSeconds, digits: durationSeconds.rounded() == durationSeconds ? 0 : 3)) s, request \(requestBytes) bytes"
+        head += ", \(connections) connection\(connections == 1 ? "" : "s"), \(fixed(durationSeconds, digits: durationSeconds.rounded() == durationSeconds ? 0 : 3)) s, "
+            + (requestVariants == 1 ? "request \(requestBytes) bytes"
+                : "\(requestVariants) requests in turn, \(requestBytes) bytes on average")
         lines.append(head)
         lines.append("")
         lines.append("  requests   sent \(sent)   ok \(ok)   errors \(errors)")
@@ -205,6 +212,7 @@ public struct BenchReport: Sendable, Equatable {
             ("concurrency", String(concurrency)),
             ("duration_seconds", jsonNumber(durationSeconds)),
             ("request_bytes", String(requestBytes)),
+            ("request_variants", String(requestVariants)),
             ("sent", String(sent)),
             ("ok", String(ok)),
             ("errors", String(errors)),

@@ -178,6 +178,29 @@ public enum BenchRequests {
         return request
     }
 
+    /// Rewrites `request`'s mandate and risk profile into mandate `variant`
+    /// (1, 2, ...) of a family where caps bind: sector caps 12 % to 35 %,
+    /// asset-class caps scaled by 0.5 to 1, risk tolerance 1 to 7, turnover
+    /// caps 2 % to 100 %, minimum cash 0 to 20 %, the first fifth of the
+    /// instruments excluded in every third variant and basic knowledge in
+    /// every fourth. The instruments, holdings and prices are left as they
+    /// are, so every variant matches one published price history. The
+    /// generated request's own mandate (sector caps 35 %, turnover 30 %)
+    /// mostly leaves its caps slack.
+    public static func varyMandate(_ request: inout Keel_V1_RebalanceRequest, variant: Int) {
+        let v = max(0, variant)
+        let sectorCap = [0.35, 0.25, 0.2, 0.15, 0.12][v % 5], classScale = [1.0, 0.8, 0.6, 0.5][v / 5 % 4]
+        for i in request.mandate.sectorCaps.indices { request.mandate.sectorCaps[i].weight = sectorCap }
+        for i in request.mandate.assetClassCaps.indices { request.mandate.assetClassCaps[i].weight *= classScale }
+        request.riskProfile.riskTolerance = Int32(1 + v % 7)
+        request.mandate.maxTurnover = [0.02, 0.05, 0.1, 0.3, 1.0][v / 3 % 5]
+        request.mandate.minCashWeight = [0.0, 0.01, 0.05, 0.2][v / 7 % 4]
+        if v % 3 == 0 {
+            request.mandate.excludedInstruments = request.instruments.prefix(request.instruments.count / 5).map(\.id)
+        }
+        if v % 4 == 0 { request.riskProfile.knowledge = .basic }
+    }
+
     static let nanosPerDay: Int64 = 86_400 * 1_000_000_000
 
     /// Daily prices for every instrument of `request`: a geometric random

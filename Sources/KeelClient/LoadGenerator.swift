@@ -16,8 +16,11 @@ public struct LoadPlan: Sendable {
     }
 
     public var method: RPCMethod
-    /// The serialized request, sent unchanged every time.
-    public var request: [UInt8]
+    /// The serialized requests, sent in turn (request `i` of the run is
+    /// `requests[i % requests.count]`); never empty.
+    public private(set) var requests: [[UInt8]]
+    /// The first request (the only one for a plan of one request).
+    public var request: [UInt8] { requests[0] }
     public var mode: Mode
     public var duration: Duration
     /// The per-call deadline; nil means the server's default.
@@ -30,12 +33,23 @@ public struct LoadPlan: Sendable {
     /// outstanding before cancelling them (they then count as CANCELLED).
     public var drainTimeout: Duration
 
+    /// A plan that sends the same request every time.
     public init(
         method: RPCMethod, request: [UInt8], mode: Mode, duration: Duration,
         timeout: Duration? = nil, maxInFlight: Int = 10_000, drainTimeout: Duration = .seconds(10)
     ) {
+        self.init(method: method, requests: [request], mode: mode, duration: duration, timeout: timeout,
+                  maxInFlight: maxInFlight, drainTimeout: drainTimeout)
+    }
+
+    /// A plan that sends `requests` in turn; an empty list sends one empty
+    /// request (the method's default message).
+    public init(
+        method: RPCMethod, requests: [[UInt8]], mode: Mode, duration: Duration,
+        timeout: Duration? = nil, maxInFlight: Int = 10_000, drainTimeout: Duration = .seconds(10)
+    ) {
         self.method = method
-        self.request = request
+        self.requests = requests.isEmpty ? [[]] : requests
         self.mode = mode
         self.duration = duration
         self.timeout = timeout
@@ -193,12 +207,16 @@ public struct LoadGenerator: Sendable {
                 let client = clients[k % clients.count]
                 group.addTask {
                     let clock = ContinuousClock()
+                    // Caller k sends requests k, k + concurrency, ... in turn.
+                    var next = k % plan.requests.count
                     while !Task.isCancelled {
                         let sent = clock.now
                         if sent >= end { break }
                         recorder.noteSend()
+                        let request = plan.requests[next]
+                        next = (next + concurrency) % plan.requests.count
                         do throws(RPCStatus) {
-                            _ = try await client.call(plan.method, request: plan.request, timeout: plan.timeout)
+                            _ = try await client.call(plan.method, request: request, timeout: plan.timeout)
                             recorder.success(latency: clock.now - sent)
                         } catch {
                             recorder.failure(error, at: clock.now)
@@ -245,7 +263,8 @@ private func openLoopCaller(
         let lag = intended < now ? now - intended : .zero
         recorder.noteSend()
         do {
-            _ = try await client.call(plan.method, request: plan.request, timeout: plan.timeout)
+            _ = try await client.call(plan.method, request: plan.requests[slot % plan.requests.count],
+                                      timeout: plan.timeout)
             recorder.success(latency: clock.now - measuredFrom, lag: lag)
         } catch {
             recorder.failure(error, at: clock.now, lag: lag)

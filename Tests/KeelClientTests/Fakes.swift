@@ -63,12 +63,17 @@ final class FakeClient: UnaryClient {
 
     init(_ server: FakeServer) { self.server = server }
 
+    /// How many calls carried each request (by its bytes).
+    private let sent = Mutex<[[UInt8]: Int]>([:])
+
     var callCount: Int { calls.load(ordering: .relaxed) }
     var isClosed: Bool { closed.load(ordering: .relaxed) }
+    var callsByRequest: [[UInt8]: Int] { sent.withLock { $0 } }
 
     func call(_ method: RPCMethod, request: [UInt8], timeout: Duration?) async throws(RPCStatus) -> [UInt8] {
         if closed.load(ordering: .relaxed) { throw RPCStatus(.unavailable, "closed") }
         calls.wrappingAdd(1, ordering: .relaxed)
+        sent.withLock { $0[request, default: 0] += 1 }
         return try await server.handle()
     }
 

@@ -129,6 +129,35 @@ struct LoadGeneratorTests {
         for client in clients { #expect(client.callCount > 0) }
     }
 
+    @Test("several requests are sent in turn, evenly, in either loop", arguments: [
+        LoadPlan.Mode.openLoop(rate: 500), .closedLoop(concurrency: 3),
+    ])
+    func requestsInTurn(_ mode: LoadPlan.Mode) async throws {
+        let requests: [[UInt8]] = (1...4).map { [UInt8($0), 9, 9] }
+        let server = FakeServer(.init(latency: .milliseconds(2)))
+        let client = FakeClient(server)
+        let plan = LoadPlan(method: .rebalance, requests: requests, mode: mode, duration: .milliseconds(200))
+        let result = try await run(plan, [client])
+        let counts = client.callsByRequest
+        #expect(Set(counts.keys) == Set(requests))
+        // In turn: no request is sent more than one round ahead of another
+        // (closed loop: each of the 3 callers may be one round apart).
+        let spread = (counts.values.max() ?? 0) - (counts.values.min() ?? 0)
+        #expect(spread <= (mode == .openLoop(rate: 500) ? 1 : 3), "counts \(counts)")
+        #expect(counts.values.reduce(0, +) == result.sent)
+        let report = BenchReport(result: result, plan: plan, target: "fake", connections: 1)
+        #expect(report.requestVariants == 4)
+        #expect(report.requestBytes == 3)
+        #expect(report.renderText().contains("4 requests in turn, 3 bytes on average"))
+    }
+
+    @Test("an empty request list sends the method's empty message")
+    func emptyRequestList() {
+        let plan = LoadPlan(method: .healthCheck, requests: [], mode: .closedLoop(concurrency: 1), duration: .seconds(1))
+        #expect(plan.requests == [[]])
+        #expect(plan.request == [])
+    }
+
     @Test("calls still unanswered after the drain timeout are cancelled, not waited for")
     func drainTimeout() async throws {
         let server = FakeServer(.init(latency: .seconds(30)))

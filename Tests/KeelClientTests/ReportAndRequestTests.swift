@@ -88,8 +88,8 @@ struct BenchReportTests {
         let text = report.renderJSON()
         let keys = [
             "target", "method", "mode", "requested_rate", "connections", "concurrency", "duration_seconds",
-            "request_bytes", "sent", "ok", "errors", "errors_by_code", "sample_errors", "throughput", "latency_us",
-            "late_sends", "max_send_lag_us",
+            "request_bytes", "request_variants", "sent", "ok", "errors", "errors_by_code", "sample_errors", "throughput",
+            "latency_us", "late_sends", "max_send_lag_us",
         ]
         var last = text.startIndex
         for key in keys {
@@ -177,6 +177,39 @@ struct BenchRequestTests {
         for (k, instrument) in inline.instruments.enumerated() {
             #expect(instrument.priceHistory.map(\.price) == batch.updates[(k * 30)..<(k * 30 + 30)].map(\.price))
         }
+    }
+
+    @Test("mandate variants bind caps and vary the profile, on the same instruments and holdings")
+    func mandateVariants() throws {
+        let base = BenchRequests.rebalance(assets: 50, seed: 42)
+        var tolerances = Set<Int32>(), turnovers = Set<Double>(), sectorCaps = Set<Double>()
+        var excluded = 0, basic = 0
+        for variant in 1...60 {
+            var request = base
+            BenchRequests.varyMandate(&request, variant: variant)
+            #expect(request.instruments == base.instruments)
+            #expect(request.portfolio == base.portfolio)
+            #expect(request.mandate.strategicWeights == base.mandate.strategicWeights)
+            let caps = Set(request.mandate.sectorCaps.map(\.weight))
+            #expect(caps.count == 1)
+            sectorCaps.formUnion(caps)
+            for (varied, original) in zip(request.mandate.assetClassCaps, base.mandate.assetClassCaps) {
+                #expect(varied.id == original.id)
+                #expect(varied.weight <= original.weight && varied.weight >= original.weight * 0.5)
+            }
+            tolerances.insert(request.riskProfile.riskTolerance)
+            turnovers.insert(request.mandate.maxTurnover)
+            if !request.mandate.excludedInstruments.isEmpty {
+                excluded += 1
+                #expect(request.mandate.excludedInstruments == base.instruments.prefix(10).map(\.id))
+            }
+            if request.riskProfile.knowledge == .basic { basic += 1 }
+        }
+        #expect(tolerances == Set(1...7))
+        #expect(turnovers == [0.02, 0.05, 0.1, 0.3, 1.0])
+        #expect(sectorCaps == [0.35, 0.25, 0.2, 0.15, 0.12])
+        #expect(excluded == 20)
+        #expect(basic == 15)
     }
 
     @Test func otherMethods() throws {

@@ -6,6 +6,7 @@ would, so the test proves that an unmodified standard client works. The server i
 of the model repository; it logs the ports it bound on one line that the fixture waits for.
 """
 import importlib
+import json
 import os
 import re
 import shutil
@@ -368,3 +369,31 @@ def test_grpcio_reference_benchmark_sends_keel_benchs_request(server, tmp_path):
     assert service_pb2.PriceUpdate.FromString(updates[0]).price > 0
     with pytest.raises(ValueError, match="past the end"):
         bgc.split_batch(bytes([0x0A, 0x05, 0x01]))
+
+
+def test_keel_bench_sends_mandate_variants_in_turn(server, tmp_path):
+    """`keel bench --mandates N`: N Rebalance requests that differ in mandate and risk
+    profile only, written by --write-requests and all answered by a live server."""
+    out = tmp_path / "variants"
+    written = subprocess.run([KEEL_BIN, "bench", "--target", "grpc://127.0.0.1:1", "--assets", "20", "--rate", "1",
+                              "--mandates", "3", "--write-requests", str(out)],
+                             capture_output=True, text=True, timeout=60)
+    assert written.returncode == 0, written.stderr
+    from keel_pb import service_pb2
+    variants = [service_pb2.RebalanceRequest.FromString((out / f"request-{k}.bin").read_bytes()) for k in (1, 2, 3)]
+    assert (out / "request.bin").read_bytes() == (out / "request-1.bin").read_bytes()
+    assert all(v.instruments == variants[0].instruments and v.portfolio == variants[0].portfolio for v in variants)
+    assert len({v.mandate.SerializeToString() for v in variants}) == 3
+    assert [v.risk_profile.risk_tolerance for v in variants] == [2, 3, 4]
+
+    run = subprocess.run([KEEL_BIN, "bench", "--target", f"grpc://127.0.0.1:{server.grpc_port}", "--assets", "20",
+                          "--mandates", "12", "--rate", "60", "--duration", "1s", "--warmup", "0s", "--format", "json"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert report["request_variants"] == 12
+    assert report["sent"] == 60 and report["ok"] == 60 and report["errors"] == 0, report
+
+    bad = subprocess.run([KEEL_BIN, "bench", "--target", "grpc://127.0.0.1:1", "--method", "Check", "--mandates", "2",
+                          "--rate", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 64 and "--mandates applies to Rebalance only" in bad.stderr, bad.stderr

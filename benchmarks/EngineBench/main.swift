@@ -25,6 +25,9 @@
 // encoding, and the whole `KeelService.handle` without and with an audit log
 // (`normal`, as `keel serve` opens it), one call at a time. The service
 // serves the model repository that the --model file sits in.
+// KEEL_BENCH_STAGES=handler (or =audit) runs only the handler without (or
+// with) the audit log, 30,000 calls, for a profiler; with --mandates N the
+// handler's calls take N mandate variants in turn.
 import Foundation
 import Histogram
 import KeelAPI
@@ -70,13 +73,13 @@ if let top = ProcessInfo.processInfo.environment["KEEL_BENCH_TOP_FEATURES"], let
 let engine = RebalanceEngine(config: config)
 // MARK: - Varied mandates
 // `--mandates N`: the engine alone on N different requests per size (seeds
-// 1...N), their sector caps 0.12 to 0.35 and asset-class caps scaled by 0.5
-// to 1 (so that caps of both kinds bind), risk tolerance 1 to 7, turnover
-// caps 2 % to 100 %, minimum cash 0 to 20 %, a fifth of the instruments
-// excluded in every third request and basic knowledge in every fourth; each
-// timed as the best of 20 runs. The default mode's fixed request (seed 42)
+// 1...N, each with mandate variant `seed` of `BenchRequests.varyMandate`:
+// sector and asset-class caps that bind, risk tolerance 1 to 7, turnover
+// caps 2 % to 100 %, minimum cash 0 to 20 %, exclusions, basic knowledge);
+// each timed as the best of 20 runs. The default mode's fixed request (seed 42)
 // leaves most caps slack.
-if mandates > 0 {
+let stagesOnly = ProcessInfo.processInfo.environment["KEEL_BENCH_STAGES"]
+if mandates > 0 && stagesOnly == nil {
     print("engine alone over varied mandates, model \(modelPath) (sha256 \(model.sha256.prefix(12))), blas core "
         + "\(Blas.coreName), best of 20 runs per mandate, history published (market state)")
     print("")
@@ -89,14 +92,7 @@ if mandates > 0 {
             let market = MarketState()
             var request = BenchRequests.rebalance(assets: assets, historyDays: 0, seed: UInt64(seed))
             _ = market.apply(BenchRequests.priceHistory(for: request, days: 64, seed: UInt64(seed)).updates)
-            let sectorCap = [0.35, 0.25, 0.2, 0.15, 0.12][seed % 5], classScale = [1.0, 0.8, 0.6, 0.5][seed / 5 % 4]
-            for i in request.mandate.sectorCaps.indices { request.mandate.sectorCaps[i].weight = sectorCap }
-            for i in request.mandate.assetClassCaps.indices { request.mandate.assetClassCaps[i].weight *= classScale }
-            request.riskProfile.riskTolerance = Int32(1 + seed % 7)
-            request.mandate.maxTurnover = [0.02, 0.05, 0.1, 0.3, 1.0][seed / 3 % 5]
-            request.mandate.minCashWeight = [0.0, 0.01, 0.05, 0.2][seed / 7 % 4]
-            if seed % 3 == 0 { request.mandate.excludedInstruments = request.instruments.prefix(assets / 5).map(\.id) }
-            if seed % 4 == 0 { request.riskProfile.knowledge = .basic }
+            BenchRequests.varyMandate(&request, variant: seed)
             let (input, _) = try RebalanceMapping.input(request, market: market)
             var decision = try engine.rebalance(input, policy: scorer)
             for _ in 0..<5 { decision = try engine.rebalance(input, policy: scorer) }
@@ -155,7 +151,7 @@ for assets in sizes {
 }
 
 // MARK: - Stages of the served path (in process, no transport)
-if ProcessInfo.processInfo.environment["KEEL_BENCH_STAGES"] != nil {
+if let stagesOnly {
     let assets = 100
     let market = MarketState()
     let request = BenchRequests.rebalance(assets: assets, historyDays: 0, seed: 42)
@@ -163,6 +159,7 @@ if ProcessInfo.processInfo.environment["KEEL_BENCH_STAGES"] != nil {
     let bytes: [UInt8] = try request.serializedBytes()
     let clock = ContinuousClock()
     func time(_ label: String, _ body: () throws -> Void) rethrows {
+        if stagesOnly != "1" { return }
         for _ in 0..<200 { try body() }
         let n = 3000
         let t0 = clock.now
@@ -193,18 +190,23 @@ if ProcessInfo.processInfo.environment["KEEL_BENCH_STAGES"] != nil {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("keel-stages-\(getpid())")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: directory) }
-    for withAudit in [false, true] {
+    for withAudit in [false, true] where stagesOnly == "1" || stagesOnly == (withAudit ? "audit" : "handler") {
         let audit = withAudit ? try AuditLog(path: directory.appendingPathComponent("audit.sqlite").path,
                                              durability: .normal, checksPayloads: false) : nil  // as `keel serve`
         let service = try KeelService(repository: repository, gate: RequestGate(maxConcurrent: 2, maxQueued: 64),
                                       marketState: market, audit: audit)
-        let n = 3000
+        let n = stagesOnly == "1" ? 3000 : 30000
+        let variants: [[UInt8]] = mandates > 0 ? try (1...mandates).map { v in
+            var r = request
+            BenchRequests.varyMandate(&r, variant: v)
+            return try r.serializedBytes()
+        } : [bytes]
         for _ in 0..<200 { _ = await service.handle(.rebalance, request: bytes, deadline: .now + .seconds(10)) }
         var cpu0 = timespec()
         clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu0)
         let t0 = clock.now
-        for _ in 0..<n {
-            if case .failure(let status) = await service.handle(.rebalance, request: bytes,
+        for k in 0..<n {
+            if case .failure(let status) = await service.handle(.rebalance, request: variants[k % variants.count],
                                                                  deadline: .now + .seconds(10)) {
                 FileHandle.standardError.write(Data("Rebalance failed: \(status)\n".utf8))
                 exit(1)
