@@ -247,7 +247,11 @@ let package = Package(
         ),
         .testTarget(
             name: "KeelServerTests",
-            dependencies: ["KeelServer", "KeelServing", "KeelClient", "KeelAPI"]
+            dependencies: [
+                "KeelServer", "KeelServing", "KeelClient", "KeelAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ]
         ),
         .testTarget(
             name: "KeelClientTests",

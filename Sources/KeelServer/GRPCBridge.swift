@@ -8,6 +8,9 @@ import KeelServing
 /// Messages cross gRPC as raw bytes (no second protobuf decode); the handler
 /// decodes once. The deadline comes from the client's `grpc-timeout` header
 /// (grpc-swift also cancels the handler when it passes), or the server default.
+/// An answer ready after the deadline is replaced by DEADLINE_EXCEEDED, for
+/// every method (the compute methods' gate does the same; this also covers
+/// the light ones, such as a LoadModel of a large file).
 struct KeelGRPCServices: RegistrableRPCService {
     let handler: any RequestHandler
     let defaultDeadline: Duration
@@ -38,6 +41,10 @@ struct KeelGRPCServices: RegistrableRPCService {
                     return StreamingServerResponse(of: [UInt8].self, error: RPCError(status))
                 }
                 switch await handler.handle(method, request: body, deadline: deadline) {
+                case .success where ContinuousClock.now > deadline:
+                    return StreamingServerResponse(of: [UInt8].self, error: RPCError(RPCStatus(
+                        .deadlineExceeded, "\(method.fullName): deadline exceeded: the answer was ready after the "
+                            + "deadline (its effects, if any, took place)")))
                 case .success(let bytes):
                     return StreamingServerResponse(single: ServerResponse(message: bytes))
                 case .failure(let status):

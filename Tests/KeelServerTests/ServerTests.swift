@@ -1,10 +1,12 @@
 import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
 #if canImport(Glibc)
 import Glibc
 #endif
 import KeelAPI
 import KeelClient
-import KeelServer
+@testable import KeelServer
 import KeelServing
 import Logging
 import Testing
@@ -92,7 +94,7 @@ struct ServerTests {
                 Issue.record("a negative price was accepted")
             } catch {
                 #expect(error.code == .invalidArgument)
-                #expect(error.message.contains("price -1.0 is not a finite number > 0"))
+                #expect(error.message.contains("price -1.0 is not a finite number from 1e-8 to 1e12"))
             }
         }
         await framed.close()
@@ -248,3 +250,61 @@ func waitUntil(timeout: Duration = .seconds(10), _ condition: () -> Bool) async 
 }
 
 struct WaitTimeout: Error {}
+
+/// A handler that answers every call OK after `delay`.
+private struct SlowHandler: RequestHandler {
+    let delay: Duration
+    func handle(_ method: RPCMethod, request: [UInt8], deadline: ContinuousClock.Instant) async
+        -> Result<[UInt8], RPCStatus>
+    {
+        try? await Task.sleep(for: delay)
+        return .success([])
+    }
+}
+
+@Suite("gRPC bridge")
+struct GRPCBridgeTests {
+    @Test("an answer ready after the server's default deadline is DEADLINE_EXCEEDED, on a light method too",
+          arguments: [RPCMethod.listModels, .rebalance])
+    func lateAnswerIsReplaced(_ method: RPCMethod) async throws {
+        let transport = HTTP2ServerTransport.Posix(
+            address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext)
+        let services = KeelGRPCServices(handler: SlowHandler(delay: .milliseconds(300)),
+                                        defaultDeadline: .milliseconds(100), maxRequestBytes: 1 << 20,
+                                        isShuttingDown: { false })
+        let server = GRPCServer(transport: transport, services: [services])
+        let serving = Task { try await server.serve() }
+        defer {
+            server.beginGracefulShutdown()
+            serving.cancel()
+        }
+        let port = try #require(try await transport.listeningAddress.ipv4?.port)
+        // A grpc-swift client that sends no deadline (keel's own clients always send one).
+        let client = GRPCClient(transport: try .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
+                                                              transportSecurity: .plaintext))
+        let connections = Task { try? await client.runConnections() }
+        defer {
+            client.beginGracefulShutdown()
+            connections.cancel()
+        }
+        func call(timeout: Duration?) async throws -> [UInt8] {
+            var options = CallOptions.defaults
+            options.timeout = timeout
+            let parts = method.fullName.split(separator: "/").map(String.init)
+            let descriptor = MethodDescriptor(fullyQualifiedService: parts[0], method: parts[1])
+            return try await client.unary(request: ClientRequest(message: []), descriptor: descriptor,
+                                          serializer: RawBytes(), deserializer: RawBytes(), options: options) {
+                try $0.message
+            }
+        }
+        do {
+            _ = try await call(timeout: nil)
+            Issue.record("a late answer was delivered")
+        } catch let error as RPCError {
+            #expect(error.code == .deadlineExceeded)
+            #expect(error.message.contains("the answer was ready after the deadline"), "\(error.message)")
+        }
+        // A client deadline longer than the delay replaces the default: the answer arrives.
+        #expect(try await call(timeout: .seconds(5)).isEmpty)
+    }
+}
