@@ -94,6 +94,14 @@ public struct RebalanceEngine: Sendable {
         var features = [Float](repeating: 0, count: n * FeatureSet.count)
         FeatureSet.fill(&features, stats: x.stats, defaultVolatility: x.defaultVolatility, current: x.w0,
                         strategic: x.strategic)
+        // Prices within Instrument.validPrices keep every feature finite; this
+        // guard names the input should that ever fail, instead of letting the
+        // policy answer a non-finite score (a policy failure).
+        if let bad = features.firstIndex(where: { !$0.isFinite }) {
+            let (i, j) = bad.quotientAndRemainder(dividingBy: FeatureSet.count)
+            throw EngineError(.invalidInput, "instrument '\(x.ids[i])': feature '\(FeatureSet.names[j])' is not "
+                + "finite (from its price history)")
+        }
         let risk = RiskModel(returns: x.returns, defaultVolatility: x.defaultVolatility)
         let (maxVol, volRule) = Suitability.maxVolatility(x.input.profile)
         let scores: [Float]

@@ -127,15 +127,15 @@ public enum FeatureSet {
         public let prices: [Double]
         public let returns: [Double]
         public let stats: SeriesStats
-        /// Every price is finite and > 0 (checked once here, so that the
+        /// Every price is within `Instrument.validPrices` (checked once here, so that the
         /// engine need not scan the series on every request).
         public let pricesAreValid: Bool
 
-        /// `prices`: oldest first, finite and > 0, the current price last
+        /// `prices`: oldest first, within `Instrument.validPrices`, the current price last
         /// (the engine refuses a series for which ``pricesAreValid`` is false).
         public init(prices: [Double]) {
             self.prices = prices
-            pricesAreValid = !prices.contains { !$0.isFinite || $0 <= 0 }
+            pricesAreValid = prices.allSatisfy(Instrument.isValidPrice)
             returns = FeatureSet.logReturns(prices)
             stats = FeatureSet.stats(prices, returns: returns)
         }

@@ -51,8 +51,8 @@ struct Prepared {
             let id = instruments[i].id, price = instruments[i].price
             guard !id.isEmpty else { throw bad("instrument \(i) has an empty id") }
             guard index.updateValue(i, forKey: id) == nil else { throw bad("instrument '\(id)' is listed twice") }
-            guard price.isFinite, price > 0 else {
-                throw bad("instrument '\(id)': price \(price) is not a finite number > 0")
+            guard Instrument.isValidPrice(price) else {
+                throw bad("instrument '\(id)': price \(price) is not \(Instrument.validPricesText)")
             }
             let lotSize = instruments[i].lotSize
             guard lotSize.isFinite, lotSize >= 0 else {
@@ -71,7 +71,8 @@ struct Prepared {
             }
             if let given = instruments[i].series {
                 guard given.pricesAreValid else {
-                    throw bad("instrument '\(id)': its analysed series holds a price that is not a finite number > 0")
+                    throw bad("instrument '\(id)': its analysed series holds a price that is not "
+                        + Instrument.validPricesText)
                 }
                 guard given.prices.last == price else {
                     throw bad("instrument '\(id)': its analysed series does not end at its price \(price)")
@@ -80,9 +81,9 @@ struct Prepared {
                 stats.append(given.stats)
             } else {
                 let history = instruments[i].priceHistory
-                if let bad = history.firstIndex(where: { !$0.isFinite || $0 <= 0 }) {
+                if let bad = history.firstIndex(where: { !Instrument.isValidPrice($0) }) {
                     throw EngineError(.invalidInput, "instrument '\(id)': price_history[\(bad)] = "
-                        + "\(history[bad]) is not a finite number > 0")
+                        + "\(history[bad]) is not \(Instrument.validPricesText)")
                 }
                 let s = FeatureSet.series(of: instruments[i])
                 let r = FeatureSet.logReturns(s)

@@ -39,8 +39,19 @@ public enum Objective: Int, Sendable, CaseIterable {
 }
 
 public struct Instrument: Sendable, Equatable {
+    /// Prices Keel accepts, in any currency unit: from 1e-8 (a fraction of a
+    /// cent, as some tokens trade) to 1e12. Within it every log return, and
+    /// every feature computed from a history, stays finite in Float.
+    public static let validPrices: ClosedRange<Double> = 1e-8...1e12
+    /// How errors name ``validPrices``.
+    public static let validPricesText = "a finite number from 1e-8 to 1e12"
+
+    /// Whether `price` is a price Keel accepts (finite and in ``validPrices``).
+    @inlinable
+    public static func isValidPrice(_ price: Double) -> Bool { validPrices.contains(price) }
+
     public var id: String
-    /// Current price, > 0.
+    /// Current price, within ``validPrices``.
     public var price: Double
     public var sector: String
     public var assetClass: AssetClass

@@ -95,11 +95,15 @@ public final class KeelService: RequestHandler {
             }
         case .harvestTaxLosses:
             result = await serve(m, request, Keel_V1_HarvestTaxLossesRequest.self) { r throws(RPCStatus) in
-                try self.performHarvestTaxLosses(r)
+                try await self.gated(.harvestTaxLosses, deadline: deadline) { () throws(RPCStatus) in
+                    try self.performHarvestTaxLosses(r)
+                }
             }
         case .forecastLiquidity:
             result = await serve(m, request, Keel_V1_ForecastLiquidityRequest.self) { r throws(RPCStatus) in
-                try self.performForecastLiquidity(r)
+                try await self.gated(.forecastLiquidity, deadline: deadline) { () throws(RPCStatus) in
+                    try self.performForecastLiquidity(r)
+                }
             }
         case .publishMarketData:
             result = await serve(m, request, Keel_V1_PriceUpdateBatch.self) { r throws(RPCStatus) in
@@ -198,14 +202,22 @@ public final class KeelService: RequestHandler {
     public func harvestTaxLosses(_ request: Keel_V1_HarvestTaxLossesRequest, deadline: ContinuousClock.Instant)
         async throws(RPCStatus) -> Keel_V1_HarvestTaxLossesResponse
     {
-        try await counted(.harvestTaxLosses) { () async throws(RPCStatus) in try performHarvestTaxLosses(request) }
+        try await counted(.harvestTaxLosses) { () async throws(RPCStatus) in
+            try await gated(.harvestTaxLosses, deadline: deadline) { () throws(RPCStatus) in
+                try performHarvestTaxLosses(request)
+            }
+        }
     }
 
     /// keel.v1.Rebalancer/ForecastLiquidity (issue 6).
     public func forecastLiquidity(_ request: Keel_V1_ForecastLiquidityRequest, deadline: ContinuousClock.Instant)
         async throws(RPCStatus) -> Keel_V1_ForecastLiquidityResponse
     {
-        try await counted(.forecastLiquidity) { () async throws(RPCStatus) in try performForecastLiquidity(request) }
+        try await counted(.forecastLiquidity) { () async throws(RPCStatus) in
+            try await gated(.forecastLiquidity, deadline: deadline) { () throws(RPCStatus) in
+                try performForecastLiquidity(request)
+            }
+        }
     }
 
     /// keel.v1.Rebalancer/PublishMarketData: the updates of one gRPC stream
@@ -291,8 +303,8 @@ public final class KeelService: RequestHandler {
     {
         let m = metrics[.rebalance]
         let arrived = ContinuousClock.now
-        let (decided, record, pending) = try await gate.run(deadline: deadline) {
-            () throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, PendingPlan?) in
+        let (decided, record, pending, harvest) = try await gate.run(deadline: deadline) {
+            () throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, PendingPlan?, Harvest?) in
             let start = ContinuousClock.now
             m.queue.record(from: arrived, to: start)
             let result = try self.rebalanceNow(request, bytes: bytes, arrived: arrived)
@@ -346,6 +358,12 @@ public final class KeelService: RequestHandler {
             throw RPCStatus(.deadlineExceeded,
                             "deadline exceeded: the decision was recorded (\(response.decisionID)) after the deadline")
         }
+        // Losses count as harvested (blocking repurchases for 31 days) only
+        // once the client has the orders that realise them: not for a
+        // decision that failed, went unrecorded or answered too late.
+        if let harvest {
+            harvestMemory.record(household: harvest.household, instruments: harvest.instruments, day: harvest.day)
+        }
         return out
     }
 
@@ -365,6 +383,13 @@ public final class KeelService: RequestHandler {
 
     /// The decision and its audit record. No lock is held while the model
     /// runs (sessions are checked out of the model's pool).
+    /// Losses a decision's sales realise: remembered once it is answered.
+    struct Harvest {
+        let household: String
+        let instruments: [String]
+        let day: Int
+    }
+
     /// A decision that waits for an advisor: the rules it triggered and its times.
     struct PendingPlan {
         let rules: [String]
@@ -374,7 +399,7 @@ public final class KeelService: RequestHandler {
 
     /// Also returns the approval the decision needs (nil: executable as it is).
     private func rebalanceNow(_ request: Keel_V1_RebalanceRequest, bytes: [UInt8]?, arrived: ContinuousClock.Instant)
-        throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, PendingPlan?)
+        throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, PendingPlan?, Harvest?)
     {
         let name = request.model.isEmpty ? defaultPolicyModel : request.model
         guard let model = repository.serving(name: name) else {
@@ -414,7 +439,7 @@ public final class KeelService: RequestHandler {
             }
         }
         var decision = decided
-        applyTax(&tax, to: &decision)
+        let harvest = applyTax(&tax, to: &decision)
         let engineTime = ContinuousClock.now - engineStart
         var response = RebalanceMapping.response(decision)
         if let liquidityNote { response.note = response.note.isEmpty ? liquidityNote : liquidityNote + "; " + response.note }
@@ -443,7 +468,7 @@ public final class KeelService: RequestHandler {
                 + "because: " + triggered.joined(separator: "; ") + "."
         }
 
-        guard audit != nil else { return (response, nil, pending) }
+        guard audit != nil else { return (response, nil, pending, harvest) }
         var record = Keel_V1_DecisionRecord()
         if let bytes {
             record.requestDigest = AuditDigest.sha256Hex(bytes)
@@ -469,7 +494,7 @@ public final class KeelService: RequestHandler {
             record.approvalExpiresUnixNanos = pending.expiresUnixNanos
         }
         record.latencyNanos = Self.nanos(ContinuousClock.now - arrived)
-        return (response, record, pending)
+        return (response, record, pending, harvest)
     }
 
     /// RebalanceRequest's portfolio (2), risk_profile (4) and mandate (5)
@@ -692,17 +717,19 @@ public final class KeelService: RequestHandler {
     }
 
     /// Lots for every sale (loss lots first, no short-term gain where a
-    /// long-term lot will do), the TAX and WASH_SALE_BLOCK reasons, and the
-    /// memory of losses realised.
-    private func applyTax(_ plan: inout TaxPlan, to decision: inout RebalanceDecision) {
+    /// long-term lot will do) and the TAX and WASH_SALE_BLOCK reasons.
+    /// Returns the losses the sales realise, for the caller to remember once
+    /// the decision is answered (nil: none).
+    private func applyTax(_ plan: inout TaxPlan, to decision: inout RebalanceDecision) -> Harvest? {
+        var harvest: Harvest? = nil
         if let rules = plan.rules, !plan.lots.isEmpty {
             let realised = TaxLotAssignment.apply(to: &decision, lots: plan.lots, rules: rules)
             let losses = realised.filter { $0.total < 0 }.map(\.instrumentID)
             if decision.status != .infeasible, !losses.isEmpty {
-                harvestMemory.record(household: plan.household, instruments: losses, day: rules.tradeDay)
+                harvest = Harvest(household: plan.household, instruments: losses, day: rules.tradeDay)
             }
         }
-        guard !plan.blocked.isEmpty else { return }
+        guard !plan.blocked.isEmpty else { return harvest }
         var standsIn: [String: [String]] = [:]
         for (id, block) in plan.blocked { if let r = block.replacement { standsIn[r, default: []].append(id) } }
         for k in decision.orders.indices where decision.orders[k].side == .buy {
@@ -712,6 +739,7 @@ public final class KeelService: RequestHandler {
             decision.orders[k].explanation += " It stands in for \(ids.joined(separator: ", ")), which may not be "
                 + "bought again before \(until) (wash-sale window)."
         }
+        return harvest
     }
 
     private func performHarvestTaxLosses(_ request: Keel_V1_HarvestTaxLossesRequest) throws(RPCStatus)
@@ -729,18 +757,18 @@ public final class KeelService: RequestHandler {
             guard prices[m.id] == nil else { throw bad("instruments[\(k)].id '\(m.id)' appears twice") }
             var price = m.price
             var closes = m.priceHistory.map(\.price)
-            if let bad = closes.firstIndex(where: { !($0 > 0 && $0.isFinite) }) {
+            if let bad = closes.firstIndex(where: { !Instrument.isValidPrice($0) }) {
                 throw RPCStatus(.invalidArgument, "instruments[\(k)].price_history[\(bad)].price \(closes[bad]) "
-                    + "is not a finite number > 0")
+                    + "is not \(Instrument.validPricesText)")
             }
             if closes.isEmpty, let window = marketState.window(for: m.id) {
                 closes = window.prices
                 if price == 0, let latest = window.latestPrice { price = latest }
             }
             if price == 0, let last = closes.last { price = last }
-            guard price.isFinite, price > 0 else {
-                throw bad("instruments[\(k)].price \(m.price) is not a finite number > 0 and the market state holds "
-                    + "none for '\(m.id)'")
+            guard Instrument.isValidPrice(price) else {
+                throw bad("instruments[\(k)].price \(m.price) is not \(Instrument.validPricesText)"
+                    + (m.price == 0 ? " and the market state holds none for '\(m.id)'" : ""))
             }
             if closes.last != price { closes.append(price) }
             prices[m.id] = price
@@ -951,6 +979,22 @@ public final class KeelService: RequestHandler {
     }
 
     // MARK: - Helpers
+
+    /// Runs a compute method's body (HarvestTaxLosses, ForecastLiquidity) in
+    /// a slot of the gate, as Rebalance's: the queue bound, the deadline and
+    /// draining apply, and its queue wait and work are timed.
+    private func gated<T>(_ method: RPCMethod, deadline: ContinuousClock.Instant,
+                          _ body: () throws(RPCStatus) -> T) async throws(RPCStatus) -> T
+    {
+        let m = metrics[method]
+        let arrived = ContinuousClock.now
+        return try await gate.run(deadline: deadline) { () throws(RPCStatus) -> T in
+            let start = ContinuousClock.now
+            m.queue.record(from: arrived, to: start)
+            defer { m.inference.record(from: start, to: .now) }
+            return try body()
+        }
+    }
 
     /// Admission for the light methods that bypass the gate.
     private func admitLight(_ deadline: ContinuousClock.Instant) throws(RPCStatus) {

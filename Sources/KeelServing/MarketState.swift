@@ -94,8 +94,8 @@ public final class MarketState: Sendable {
                 reject("update \(index): instrument_id is empty")
             } else if id.utf8.count > 256 {
                 reject("update \(index): instrument_id is longer than 256 bytes")
-            } else if !update.price.isFinite || update.price <= 0 {
-                reject("update \(index) (\(id)): price \(update.price) is not a finite number > 0")
+            } else if !Instrument.isValidPrice(update.price) {
+                reject("update \(index) (\(id)): price \(update.price) is not \(Instrument.validPricesText)")
             } else {
                 let time = update.timeUnixNanos > 0 ? update.timeUnixNanos : nowUnixNanos
                 valid.append((id, Quote(price: update.price, timeUnixNanos: time)))

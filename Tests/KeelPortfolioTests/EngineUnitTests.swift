@@ -475,13 +475,19 @@ struct EngineUnitTests {
         #expect(short?.code == .policyFailed && short?.message.contains("1 scores for 2 assets") == true)
     }
 
-    @Test("absurdly large (finite) prices and amounts do not crash the explanations")
+    @Test("the largest prices and absurd amounts do not crash the explanations; larger prices are refused")
     func hugeAmounts() throws {
-        let instruments = [Instrument.test("A", price: 1e20, history: geometricSeries(count: 40, dailyLogReturn: 0.001, last: 1e20)),
-                           Instrument.test("B", price: 1e20, history: geometricSeries(count: 40, dailyLogReturn: -0.001, last: 1e20))]
-        let input = Self.input(instruments, holdings: ["A": 10], cash: 1e21, mandate: Mandate(strategicWeights: [("A", 0.5), ("B", 0.5)]))
+        func instruments(_ price: Double) -> [Instrument] {
+            [Instrument.test("A", price: price, history: geometricSeries(count: 40, dailyLogReturn: 0.001, last: price)),
+             Instrument.test("B", price: price, history: geometricSeries(count: 40, dailyLogReturn: -0.001, last: price))]
+        }
+        let mandate = Mandate(strategicWeights: [("A", 0.5), ("B", 0.5)])
+        let input = Self.input(instruments(9e11), holdings: ["A": 1e8], cash: 1e21, mandate: mandate)
         let d = try RebalanceEngine().rebalance(input, policy: LinearPolicy.flat)
         #expect(!d.summary.isEmpty)
+        let tooLarge = Self.input(instruments(1e13), holdings: ["A": 10], cash: 1e21, mandate: mandate)
+        let refused = #expect(throws: EngineError.self) { try RebalanceEngine().rebalance(tooLarge, policy: LinearPolicy.flat) }
+        #expect(refused?.code == .invalidInput)
         #expect(Format.money(1e20) == "1e+20")
         #expect(Format.money(1_234_567.891) == "1,234,567.89" && Format.money(-0.5) == "-0.50")
         #expect(Format.trimmed(1_400) == "1400" && Format.trimmed(0.123456) == "0.1235")
@@ -519,7 +525,7 @@ struct EngineUnitTests {
             var prices = Self.history(1)
             prices[5] = -1
             input.instruments[0].series = FeatureSet.SeriesData(prices: prices)
-            expected = "instrument 'A': its analysed series holds a price that is not a finite number > 0"
+            expected = "instrument 'A': its analysed series holds a price that is not a finite number from 1e-8 to 1e12"
         case .seriesEndingElsewhere:
             input.instruments[1].series = FeatureSet.SeriesData(prices: Self.history(2, last: 90))
             expected = "instrument 'B': its analysed series does not end at its price 100.0"

@@ -225,14 +225,19 @@ struct KeelServiceTests {
 
     /// Requests the engine must refuse, each with the message that names the problem.
     enum BadRebalance: CaseIterable, Sendable {
-        case noInstruments, emptyID, negativePrice, unknownHolding, riskTolerance, strategicSum, unknownModel,
-             unknownAssetClassCap
+        case noInstruments, emptyID, negativePrice, tinyPrice, hugeHistoryPrice, unknownHolding, riskTolerance,
+             strategicSum, unknownModel, unknownAssetClassCap
 
         func apply(_ r: inout Keel_V1_RebalanceRequest) {
             switch self {
             case .noInstruments: r.instruments = []
             case .emptyID: r.instruments[1].id = ""
             case .negativePrice: r.instruments[0].price = -3
+            case .tinyPrice: r.instruments[0].price = 5e-324
+            case .hugeHistoryPrice:
+                r.instruments[1].priceHistory = [100, 1e13, 100, r.instruments[1].price].enumerated().map { k, p in
+                    .with { $0.price = p; $0.timeUnixNanos = Int64(k + 1) * 86_400_000_000_000 }
+                }
             case .unknownHolding: r.portfolio.holdings.append(.with { $0.instrumentID = "ZZZ"; $0.quantity = 1 })
             case .riskTolerance: r.riskProfile.riskTolerance = 0
             case .strategicSum: r.mandate.strategicWeights[0].weight = 0.9
@@ -245,7 +250,10 @@ struct KeelServiceTests {
             switch self {
             case .noInstruments: (.invalidArgument, "the request has no instruments")
             case .emptyID: (.invalidArgument, "instrument 1 has an empty id")
-            case .negativePrice: (.invalidArgument, "instrument 'A': price -3.0 is not a finite number > 0")
+            case .negativePrice: (.invalidArgument, "instrument 'A': price -3.0 is not a finite number from 1e-8 to 1e12")
+            case .tinyPrice: (.invalidArgument, "instrument 'A': price 5e-324 is not a finite number from 1e-8 to 1e12")
+            case .hugeHistoryPrice:
+                (.invalidArgument, "instrument 'B': price_history[1] = 10000000000000.0 is not a finite number from 1e-8")
             case .unknownHolding: (.invalidArgument, "instrument 'ZZZ' is not among the request's instruments")
             case .riskTolerance: (.invalidArgument, "risk_tolerance 0 is not on the SRI scale 1...7")
             case .strategicSum: (.invalidArgument, "strategic weights sum to")
@@ -292,15 +300,19 @@ struct KeelServiceTests {
         batch.updates = [
             update("AAA", 10, 1_000), update("", 5, 1), update("BBB", .nan, 1), update("CCC", -1, 1),
             update("AAA", 12, 2_000), update("AAA", 11, 1_500), update("DDD", 7, 0),
+            // Denormal and absurd prices would make the history's log returns overflow.
+            update("AAA", 5e-324, 2_500), update("AAA", 2e12, 2_600),
         ]
         let response = try await Self.call(f.service, .publishMarketData, batch,
                                            as: Keel_V1_PublishMarketDataResponse.self).get()
         #expect(response.accepted == 4)
-        #expect(response.rejected == 3)
-        #expect(response.errors.count == 3)
+        #expect(response.rejected == 5)
+        #expect(response.errors.count == 5)
         #expect(response.errors[0] == "update 1: instrument_id is empty")
         #expect(response.errors[1].contains("BBB") && response.errors[1].contains("nan"))
         #expect(response.errors[2].contains("CCC"))
+        #expect(response.errors[3] == "update 7 (AAA): price 5e-324 is not a finite number from 1e-8 to 1e12")
+        #expect(response.errors[4] == "update 8 (AAA): price 2000000000000.0 is not a finite number from 1e-8 to 1e12")
         #expect(f.service.marketState.quote(for: "AAA") == MarketState.Quote(price: 12, timeUnixNanos: 2_000))
         #expect(f.service.marketState.quote(for: "BBB") == nil)
         let ddd = try #require(f.service.marketState.quote(for: "DDD"))

@@ -1,4 +1,5 @@
 import Foundation
+import KeelAudit
 import KeelAPI
 import KeelInference
 import KeelPortfolio
@@ -99,6 +100,43 @@ struct TaxServiceTests {
         #expect(f.service.harvestMemory.harvested(household: "H1", day: CivilDay.parse("2026-12-21")!).isEmpty)
     }
 
+    @Test("HarvestTaxLosses and ForecastLiquidity run through the gate: deadline, draining and its metrics")
+    func computeMethodsAreGated() async throws {
+        let f = try Self.fixture()
+        try f.scratch.write("liquidity", 1, LiquidityServiceTests.model())
+        f.repository.loadAll()
+        let harvest: [UInt8] = try Self.request().serializedBytes()
+        let forecast: [UInt8] = try LiquidityServiceTests.request(LiquidityServiceTests.context()).serializedBytes()
+        for (method, bytes) in [(RPCMethod.harvestTaxLosses, harvest), (.forecastLiquidity, forecast)] {
+            guard case .success = await f.service.handle(method, request: bytes, deadline: KeelServiceTests.deadline())
+            else {
+                Issue.record("\(method) failed")
+                continue
+            }
+            // Timed like Rebalance: a queue wait and an inference phase.
+            for phase in ["queue", "inference"] {
+                #expect(f.metrics.samples("keel_request_duration_seconds", [("method", method.name), ("phase", phase)])
+                    == 1, "\(method) \(phase)")
+            }
+            let late = await f.service.handle(method, request: bytes, deadline: .now - .milliseconds(1))
+            guard case .failure(let status) = late else {
+                Issue.record("\(method) answered after its deadline")
+                continue
+            }
+            #expect(status.code == .deadlineExceeded)
+        }
+        f.service.gate.beginDrain()
+        for (method, bytes) in [(RPCMethod.harvestTaxLosses, harvest), (.forecastLiquidity, forecast)] {
+            guard case .failure(let status) = await f.service.handle(method, request: bytes,
+                                                                      deadline: KeelServiceTests.deadline())
+            else {
+                Issue.record("\(method) ran while draining")
+                continue
+            }
+            #expect(status.code == .unavailable)
+        }
+    }
+
     @Test func theForecasterCanSayWait() async throws {
         // The model forecasts 21-day return = ret_126: VTI rose strongly over
         // the last 126 days, SCHB is flat, so SCHB is expected to lag by more
@@ -197,10 +235,10 @@ struct TaxServiceTests {
                 r.instruments[0].replacementCandidates = ["SCHB", "NOPE"]
                 return "instruments[0].replacement_candidates[1] 'NOPE' is not among the request's instruments"
             case .badTradeDate: r.tax.tradeDate = "20261120"; return "tax.trade_date '20261120' is not a date"
-            case .badPrice: r.instruments[1].price = -3; return "instruments[1].price -3.0 is not a finite number > 0"
+            case .badPrice: r.instruments[1].price = -3; return "instruments[1].price -3.0 is not a finite number from 1e-8 to 1e12"
             case .badHistory:
                 r.instruments[1].priceHistory[7].price = .nan
-                return "instruments[1].price_history[7].price nan is not a finite number > 0"
+                return "instruments[1].price_history[7].price nan is not a finite number from 1e-8 to 1e12"
             }
         }
     }
@@ -257,6 +295,26 @@ struct TaxServiceTests {
         #expect(loss.explanation.contains("(loss lots first) realise a"), "\(loss.explanation)")
         #expect(f.service.harvestMemory.harvested(household: "H9", day: CivilDay.parse("2026-11-20")!)
             .map(\.instrumentID) == ["AAA"])
+    }
+
+    @Test("losses count as harvested only once the decision is answered: not when its audit record fails")
+    func anUnansweredDecisionHarvestsNothing() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("keel-tax-audit-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let audit = try AuditLog(path: directory.appendingPathComponent("audit.sqlite").path, durability: .normal)
+        let f = try KeelServiceTests.fixture(audit: audit)
+        try f.scratch.write("tax_loss", 1, Self.model())
+        f.repository.loadAll()
+        audit.close()  // every append now fails
+        let result = try await KeelServiceTests.call(f.service, .rebalance, Self.rebalanceWithLots(cap: 0.3),
+                                                     as: Keel_V1_RebalanceResponse.self)
+        guard case .failure(let status) = result else {
+            Issue.record("a decision was answered without its audit record")
+            return
+        }
+        #expect(status.code == .unavailable)
+        #expect(f.service.harvestMemory.harvested(household: "H9", day: CivilDay.parse("2026-11-20")!).isEmpty)
     }
 
     @Test func lotsThatDoNotAddUpAreInvalidInRebalanceToo() async throws {
