@@ -5,6 +5,7 @@ import GRPCNIOTransportHTTP2
 import Glibc
 #endif
 import KeelAPI
+import KeelAudit
 import KeelClient
 @testable import KeelServer
 import KeelServing
@@ -111,16 +112,17 @@ struct ServerTests {
         let request = try Self.rebalanceBytes(assets: 20)
         let v2 = try Self.variant("two")
 
-        // Four loops send back to back until told to stop; they record every version seen.
+        // Four loops send back to back until told to stop; they record every
+        // version seen, with the SHA-256 each response names.
         let stop = Flag()
-        let results = try await withThrowingTaskGroup(of: [Int64: Int].self) { group in
+        let results = try await withThrowingTaskGroup(of: [Int64: [String: Int]].self) { group in
             for _ in 0..<4 {
                 group.addTask {
-                    var seen: [Int64: Int] = [:]
+                    var seen: [Int64: [String: Int]] = [:]
                     while !stop.isSet {
                         let bytes = try await client.call(.rebalance, request: request, timeout: .seconds(5))
                         let response = try Keel_V1_RebalanceResponse(serializedBytes: bytes)
-                        seen[response.model.version, default: 0] += 1
+                        seen[response.model.version, default: [:]][response.model.sha256, default: 0] += 1
                     }
                     return seen
                 }
@@ -134,15 +136,23 @@ struct ServerTests {
             try await waitUntil { server.repository.lastError(name: "policy")?.version == 3 }
             try await Task.sleep(for: .milliseconds(300))
             stop.set()
-            var merged: [Int64: Int] = [:]
-            for try await seen in group { merged.merge(seen, uniquingKeysWith: +) }
+            var merged: [Int64: [String: Int]] = [:]
+            for try await seen in group {
+                merged.merge(seen) { a, b in a.merging(b, uniquingKeysWith: +) }
+            }
             return merged
         }
-        #expect(results[1, default: 0] > 0, "requests were answered by version 1 before the swap")
-        #expect(results[2, default: 0] > 0, "requests were answered by version 2 after the swap")
+        #expect(results[1, default: [:]].values.reduce(0, +) > 0, "requests were answered by version 1 before the swap")
+        #expect(results[2, default: [:]].values.reduce(0, +) > 0, "requests were answered by version 2 after the swap")
         #expect(results[3] == nil, "the corrupt version 3 never served")
         #expect(server.repository.serving(name: "policy")?.version == 2)
-        #expect(server.repository.serving(name: "policy")?.sha256 != nil)
+        // Every response names the file that produced it: one SHA-256 per
+        // version, version 2's that of the file dropped in.
+        let v2Hash = try #require(server.repository.serving(name: "policy")?.sha256)
+        #expect(v2Hash == AuditDigest.sha256Hex(v2))
+        #expect(Array(results[2, default: [:]].keys) == [v2Hash])
+        let v1Hashes = Array(results[1, default: [:]].keys)
+        #expect(v1Hashes.count == 1 && v1Hashes != [v2Hash], "\(v1Hashes)")
         await client.close()
         await server.shutdown()
     }

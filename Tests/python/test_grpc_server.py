@@ -343,6 +343,48 @@ def test_harvest_tax_losses(server, stubs):
         assert "portfolio.holdings[0].lots[0].quantity" in e.value.details()
 
 
+def test_overload_is_resource_exhausted_on_both_transports_and_the_server_keeps_serving(tmp_path, stubs):
+    """One request at a time and one waiting: a burst of compute requests gets RESOURCE_EXHAUSTED
+    at once for the excess (Rebalance, and HarvestTaxLosses, which shares the gate), never a
+    growing queue; afterwards the same server answers normally."""
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models)
+    s = Server(models, "--max-concurrent-requests", "1", "--max-queued-requests", "1")
+    try:
+        big = rebalance_request(stubs, 300, account="overload")
+        harvest = harvest_request(stubs)
+        # Framed: 40 Rebalances and 40 HarvestTaxLosses pipelined on one connection.
+        with kf.KeelFramedClient("127.0.0.1", s.tcp_port) as c:
+            for method, request in (("Rebalance", big), ("HarvestTaxLosses", harvest)):
+                ids = [c.send(method, request.SerializeToString(), timeout_s=30) for _ in range(40)]
+                frames = [c.recv_for(i, 60) for i in ids]
+                exhausted = [f for f in frames if f.kind == kf.KIND_ERROR and f.error().code == 8]
+                ok = [f for f in frames if f.kind == kf.KIND_RESPONSE]
+                assert len(exhausted) + len(ok) == 40, [f.error() for f in frames if f.kind == kf.KIND_ERROR]
+                assert len(exhausted) >= 10 and len(ok) >= 2, (method, len(exhausted), len(ok))
+                assert "server queue full" in exhausted[0].error().message
+            assert c.call("Rebalance", big, timeout_s=30).request_id == big.request_id
+        # gRPC: 40 concurrent Rebalances on one channel.
+        with channel(s) as ch:
+            stub = stubs.service_grpc.RebalancerStub(ch)
+            futures = [stub.Rebalance.future(big, timeout=30) for _ in range(40)]
+            codes = []
+            for f in futures:
+                try:
+                    f.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        assert "server queue full" in e.details()
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+            assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 10 and codes.count(grpc.StatusCode.OK) >= 2
+            assert len(stub.Rebalance(big, timeout=30).targets) == 300
+            assert health_check(ch, stubs, "").status == stubs.health.HealthCheckResponse.SERVING
+    finally:
+        assert s.stop() == 0
+
+
 def test_grpcio_reference_benchmark_sends_keel_benchs_request(server, tmp_path):
     """benchmarks/bench_grpcio_client.py: the request `keel bench --write-requests` wrote,
     the price history published first, every request answered."""
