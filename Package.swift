@@ -248,7 +248,7 @@ let package = Package(
         .testTarget(
             name: "KeelServerTests",
             dependencies: [
-                "KeelServer", "KeelServing", "KeelClient", "KeelAPI", "KeelAudit",
+                "KeelServer", "KeelServing", "KeelClient", "KeelAPI", "KeelAudit", "KeelPortfolio",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ]

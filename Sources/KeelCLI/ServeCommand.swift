@@ -64,6 +64,22 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("approval-expiry-minutes"), help: "How long a pending decision waits (default 1440).")
     var approvalExpiryMinutes: Int?
 
+    @Option(name: .customLong("approval-turnover-above"),
+            help: "Approval when one-way turnover exceeds this fraction of the portfolio, or off (default 0.2).")
+    var approvalTurnoverAbove: String?
+
+    @Option(name: .customLong("approval-order-share-above"),
+            help: "Approval when one order exceeds this fraction of the portfolio, or off (default 0.1).")
+    var approvalOrderShareAbove: String?
+
+    @Option(name: .customLong("approval-volatility-rise-above"),
+            help: "Approval when portfolio volatility rises by more than this, or off (default 0.01 = 1 point).")
+    var approvalVolatilityRiseAbove: String?
+
+    @Option(name: .customLong("approval-first-rebalance"),
+            help: "Approval of an account's first rebalance: true (default) or false.")
+    var approvalFirstRebalance: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String = "info"
 
@@ -89,6 +105,9 @@ struct ServeCommand: AsyncParsableCommand {
             ("modelPollIntervalMs", modelPollIntervalMs.map(String.init)),
             ("auditDb", auditDb), ("auditSync", auditSync),
             ("approvalExpiryMinutes", approvalExpiryMinutes.map(String.init)),
+            ("approvalTurnoverAbove", approvalTurnoverAbove), ("approvalOrderShareAbove", approvalOrderShareAbove),
+            ("approvalVolatilityRiseAbove", approvalVolatilityRiseAbove),
+            ("approvalFirstRebalance", approvalFirstRebalance),
         ]
         for (key, value) in flags {
             if let value { try c.set(key, value, source: "--\(Self.flagName(key))") }

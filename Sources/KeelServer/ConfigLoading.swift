@@ -26,6 +26,13 @@ extension ServerConfig {
         ("auditDb", "KEEL_AUDIT_DB", "SQLite audit trail file"),
         ("auditSync", "KEEL_AUDIT_SYNC", "audit durability: full or normal"),
         ("approvalExpiryMinutes", "KEEL_APPROVAL_EXPIRY_MINUTES", "how long a pending decision waits"),
+        ("approvalTurnoverAbove", "KEEL_APPROVAL_TURNOVER_ABOVE",
+         "approval when one-way turnover exceeds this fraction of the portfolio, or off"),
+        ("approvalOrderShareAbove", "KEEL_APPROVAL_ORDER_SHARE_ABOVE",
+         "approval when one order exceeds this fraction of the portfolio, or off"),
+        ("approvalVolatilityRiseAbove", "KEEL_APPROVAL_VOLATILITY_RISE_ABOVE",
+         "approval when portfolio volatility rises by more than this (0.01 = 1 point), or off"),
+        ("approvalFirstRebalance", "KEEL_APPROVAL_FIRST_REBALANCE", "approval of an account's first rebalance: true or false"),
     ]
 
     /// Applies a JSON object of settings (a config file). Unknown keys and
@@ -35,7 +42,7 @@ extension ServerConfig {
         do {
             dict = try JSONDecoder().decode([String: JSONScalar].self, from: data)
         } catch {
-            throw ConfigError("\(source): expected a JSON object whose values are strings or numbers (\(error))")
+            throw ConfigError("\(source): expected a JSON object whose values are strings, numbers or booleans (\(error))")
         }
         for key in dict.keys.sorted() {
             guard let value = dict[key] else { continue }
@@ -57,6 +64,15 @@ extension ServerConfig {
         func int(_ range: ClosedRange<Int>) throws(ConfigError) -> Int {
             guard let v = Int(text.trimmingCharacters(in: .whitespaces)), range.contains(v) else {
                 throw ConfigError("\(source) must be a whole number from \(range.lowerBound) to \(range.upperBound), got '\(text)'")
+            }
+            return v
+        }
+        /// A fraction from 0 to 1, or `off` (nil: the rule never triggers).
+        func fractionOrOff() throws(ConfigError) -> Double? {
+            let t = text.trimmingCharacters(in: .whitespaces)
+            if t.lowercased() == "off" { return nil }
+            guard let v = Double(t), v.isFinite, v >= 0, v <= 1 else {
+                throw ConfigError("\(source) must be a fraction from 0 to 1 (0.2 = 20 %) or off, got '\(text)'")
             }
             return v
         }
@@ -85,6 +101,15 @@ extension ServerConfig {
             }
             auditSync = text
         case "approvalExpiryMinutes": approvalExpiry = .seconds(60 * (try int(1...525_600)))
+        case "approvalTurnoverAbove": approvalRules.turnoverAbove = try fractionOrOff()
+        case "approvalOrderShareAbove": approvalRules.orderShareAbove = try fractionOrOff()
+        case "approvalVolatilityRiseAbove": approvalRules.volatilityRiseAbove = try fractionOrOff()
+        case "approvalFirstRebalance":
+            switch text.trimmingCharacters(in: .whitespaces).lowercased() {
+            case "true": approvalRules.firstRebalance = true
+            case "false": approvalRules.firstRebalance = false
+            default: throw ConfigError("\(source) must be true or false, got '\(text)'")
+            }
         default:
             let known = Self.settings.map(\.key).joined(separator: ", ")
             throw ConfigError("\(source): unknown setting (known: \(known))")
@@ -102,7 +127,7 @@ extension ServerConfig {
     }
 }
 
-/// A string or number in a config file, kept as the text a flag would carry.
+/// A string, number or boolean in a config file, kept as the text a flag would carry.
 private enum JSONScalar: Decodable {
     case text(String)
 
@@ -113,8 +138,10 @@ private enum JSONScalar: Decodable {
     init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
         if let i = try? c.decode(Int.self) { self = .text(String(i)); return }
+        if let d = try? c.decode(Double.self) { self = .text(String(d)); return }
+        if let b = try? c.decode(Bool.self) { self = .text(b ? "true" : "false"); return }
         if let s = try? c.decode(String.self) { self = .text(s); return }
         throw DecodingError.typeMismatch(String.self, .init(codingPath: decoder.codingPath,
-                                                            debugDescription: "must be a string or a whole number"))
+                                                            debugDescription: "must be a string, a number or a boolean"))
     }
 }

@@ -83,7 +83,7 @@ public final class KeelServerRunner: Sendable {
             // no decode-to-check on the request path (verify decodes them all).
             audit = try AuditLog(path: config.auditDatabase, durability: config.auditSync == "normal" ? .normal : .full,
                                  checksPayloads: false)
-            var rules = ApprovalRules()
+            var rules = config.approvalRules
             rules.expiry = config.approvalExpiry
             do throws(AuditError) {
                 service = try KeelService(repository: repository, gate: gate, audit: audit, approvalRules: rules,

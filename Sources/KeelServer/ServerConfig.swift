@@ -1,3 +1,5 @@
+import KeelPortfolio
+
 /// Everything `keel serve` can be told, with the defaults of docs/OPERATIONS.md.
 /// Filled from (lowest to highest precedence) defaults, a config file,
 /// environment variables and command-line flags.
@@ -26,6 +28,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var auditSync = "full"
     /// How long a decision waits for an advisor before it expires.
     public var approvalExpiry: Duration = .seconds(24 * 3600)
+    /// The high-impact rules that put a decision in PENDING_APPROVAL (their
+    /// `expiry` is ``approvalExpiry``); a threshold of nil is off.
+    public var approvalRules = ApprovalRules()
 
     public init() {}
 }

@@ -8,6 +8,7 @@ import KeelAPI
 import KeelAudit
 import KeelClient
 @testable import KeelServer
+import KeelPortfolio
 import KeelServing
 import Logging
 import Testing
@@ -217,6 +218,30 @@ struct ConfigTests {
             try c.apply(json: Data(json.utf8), source: "keel.json")
         } catch {
             #expect(error.message.contains(needle), "\(error.message)")
+        }
+    }
+
+    @Test("the approval rules are settings: thresholds, off, and the first-rebalance rule")
+    func approvalRules() throws {
+        var c = ServerConfig()
+        #expect(c.approvalRules == ApprovalRules())
+        try c.apply(json: Data(#"{"approvalTurnoverAbove": 0.35, "approvalFirstRebalance": false}"#.utf8),
+                    source: "keel.json")
+        try c.apply(environment: ["KEEL_APPROVAL_ORDER_SHARE_ABOVE": "off"])
+        try c.set("approvalVolatilityRiseAbove", "0.02", source: "--approval-volatility-rise-above")
+        #expect(c.approvalRules.turnoverAbove == 0.35)
+        #expect(c.approvalRules.firstRebalance == false)
+        #expect(c.approvalRules.orderShareAbove == nil)
+        #expect(c.approvalRules.volatilityRiseAbove == 0.02)
+        for (key, value, needle) in [("approvalTurnoverAbove", "1.5", "a fraction from 0 to 1"),
+                                     ("approvalOrderShareAbove", "lots", "or off"),
+                                     ("approvalFirstRebalance", "maybe", "true or false")] {
+            do {
+                try c.set(key, value, source: "--x")
+                Issue.record("\(key) = \(value) was accepted")
+            } catch {
+                #expect(error.message.contains(needle) && error.message.contains("--x"), "\(error.message)")
+            }
         }
     }
 

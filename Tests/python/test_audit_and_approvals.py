@@ -479,6 +479,33 @@ def test_reject_and_the_other_approval_rules(approvals_server):
         assert listed == [big.approval_id, flagged.approval_id]
 
 
+def test_approval_rules_are_server_settings(tmp_path):
+    """The high-impact rules come from flags (and a config file or KEEL_* variables): with the
+    first-rebalance and turnover rules off, the decisions that waited above are executable; a
+    tighter turnover threshold holds a small rebalance."""
+    relaxed = KeelServer(tmp_path / "relaxed", tmp_path / "relaxed.sqlite", "--approval-first-rebalance", "false",
+                         "--approval-turnover-above", "off", "--approval-order-share-above", "off",
+                         "--approval-volatility-rise-above", "off")
+    try:
+        with relaxed.client() as c:
+            first = rebalance(c, "rules-1", "r1")
+            assert first.status == service_pb2.DECISION_STATUS_EXECUTABLE, first.summary
+            big = rebalance(c, "rules-1", "r2", holdings={}, cash=100_000.0)
+            assert big.status == service_pb2.DECISION_STATUS_EXECUTABLE and big.turnover > 0.20
+    finally:
+        relaxed.stop()
+    strict = KeelServer(tmp_path / "strict", tmp_path / "strict.sqlite", "--approval-first-rebalance", "false",
+                        "--approval-turnover-above", "0.0001")
+    try:
+        with strict.client() as c:
+            held = rebalance(c, "rules-2", "s1")
+            assert held.status == service_pb2.DECISION_STATUS_PENDING_APPROVAL, held.summary
+            (p,) = list_pending(c, "rules-2")
+            assert [r.split(":")[0] for r in p.triggered_rules] == ["approval.turnover"], p.triggered_rules
+    finally:
+        strict.stop()
+
+
 def test_approval_events_are_in_the_audit_trail(tmp_path):
     db = tmp_path / "audit.sqlite"
     server = KeelServer(tmp_path, db, "--approval-expiry-minutes", "5")
