@@ -413,10 +413,13 @@ public final class KeelService: RequestHandler {
         var (input, marketTime) = try RebalanceMapping.input(request, market: marketState)
         var tax = try taxPlan(request, input: &input)
         var liquidityNote: String? = nil
+        var forecaster: LoadedModel? = nil
         if request.hasLiquidity {
             // Keep at least the forecast cash buffer; invest the excess.
             let context = try LiquidityMapping.context(request.liquidity, field: "liquidity")
-            let (_, buffer) = try LiquidityMapping.forecast(context, model: try liquidityModel(""))
+            let liquidity = try liquidityModel("")
+            forecaster = liquidity
+            let (_, buffer) = try LiquidityMapping.forecast(context, model: liquidity)
             let value = RebalanceMapping.totalValue(input)
             if value > 0 {
                 let floor = min(1, buffer / value)
@@ -449,6 +452,8 @@ public final class KeelService: RequestHandler {
         response.requestID = request.requestID
         response.decisionID = DecisionID.make()
         response.model = model.ref
+        // The second model that shaped the decision, named as the policy is.
+        if let forecaster { response.liquidityModel = forecaster.ref }
         response.marketStateUnixNanos = marketTime
         response.engineNanos = Self.nanos(engineTime)
 

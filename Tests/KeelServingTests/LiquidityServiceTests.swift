@@ -156,5 +156,9 @@ struct LiquidityServiceTests {
         #expect(b.cashWeightAfter * b.totalValue >= forecast.recommendedCashBuffer - 1e-6)
         #expect(b.cashWeightAfter > a.cashWeightAfter)
         #expect(b.note.contains("liquidity forecast"))
+        // Both models that shaped the decision are named, as the forecast names its own.
+        #expect(!a.hasLiquidityModel)
+        #expect(b.liquidityModel == forecast.model && b.liquidityModel.name == "liquidity")
+        #expect(b.liquidityModel.sha256.count == 64 && b.model.name == "policy")
     }
 }

@@ -338,6 +338,16 @@ public nonisolated struct Keel_V1_RebalanceResponse: @unchecked Sendable {
     set {_uniqueStorage()._engineNanos = newValue}
   }
 
+  /// the liquidity forecaster that set the cash floor (request with liquidity)
+  public var liquidityModel: Keel_V1_ModelRef {
+    get {_storage._liquidityModel ?? Keel_V1_ModelRef()}
+    set {_uniqueStorage()._liquidityModel = newValue}
+  }
+  /// Returns true if `liquidityModel` has been explicitly set.
+  public var hasLiquidityModel: Bool {_storage._liquidityModel != nil}
+  /// Clears the value of `liquidityModel`. Subsequent reads from it will return its default value.
+  public mutating func clearLiquidityModel() {_uniqueStorage()._liquidityModel = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1029,7 +1039,7 @@ nonisolated extension Keel_V1_RebalanceRequest: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RebalanceResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}decision_id\0\u{1}status\0\u{1}targets\0\u{1}orders\0\u{1}compliance\0\u{1}model\0\u{1}summary\0\u{3}approval_id\0\u{3}risk_before\0\u{3}risk_after\0\u{1}turnover\0\u{3}audit_record_hash\0\u{3}market_state_unix_nanos\0\u{1}note\0\u{3}cash_weight_before\0\u{3}cash_weight_after\0\u{3}total_estimated_cost\0\u{3}total_value\0\u{3}engine_nanos\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{3}decision_id\0\u{1}status\0\u{1}targets\0\u{1}orders\0\u{1}compliance\0\u{1}model\0\u{1}summary\0\u{3}approval_id\0\u{3}risk_before\0\u{3}risk_after\0\u{1}turnover\0\u{3}audit_record_hash\0\u{3}market_state_unix_nanos\0\u{1}note\0\u{3}cash_weight_before\0\u{3}cash_weight_after\0\u{3}total_estimated_cost\0\u{3}total_value\0\u{3}engine_nanos\0\u{3}liquidity_model\0")
 
   fileprivate class _StorageClass {
     var _requestID: String = String()
@@ -1052,6 +1062,7 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
     var _totalEstimatedCost: Double = 0
     var _totalValue: Double = 0
     var _engineNanos: Int64 = 0
+    var _liquidityModel: Keel_V1_ModelRef? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1082,6 +1093,7 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
       _totalEstimatedCost = source._totalEstimatedCost
       _totalValue = source._totalValue
       _engineNanos = source._engineNanos
+      _liquidityModel = source._liquidityModel
     }
   }
 
@@ -1120,6 +1132,7 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
         case 18: try { try decoder.decodeSingularDoubleField(value: &_storage._totalEstimatedCost) }()
         case 19: try { try decoder.decodeSingularDoubleField(value: &_storage._totalValue) }()
         case 20: try { try decoder.decodeSingularInt64Field(value: &_storage._engineNanos) }()
+        case 21: try { try decoder.decodeSingularMessageField(value: &_storage._liquidityModel) }()
         default: break
         }
       }
@@ -1192,6 +1205,9 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
       if _storage._engineNanos != 0 {
         try visitor.visitSingularInt64Field(value: _storage._engineNanos, fieldNumber: 20)
       }
+      try { if let v = _storage._liquidityModel {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1221,6 +1237,7 @@ nonisolated extension Keel_V1_RebalanceResponse: SwiftProtobuf.Message, SwiftPro
         if _storage._totalEstimatedCost != rhs_storage._totalEstimatedCost {return false}
         if _storage._totalValue != rhs_storage._totalValue {return false}
         if _storage._engineNanos != rhs_storage._engineNanos {return false}
+        if _storage._liquidityModel != rhs_storage._liquidityModel {return false}
         return true
       }
       if !storagesAreEqual {return false}

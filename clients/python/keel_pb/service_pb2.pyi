@@ -62,7 +62,7 @@ class RebalanceRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., portfolio: _Optional[_Union[_portfolio_pb2.Portfolio, _Mapping]] = ..., instruments: _Optional[_Iterable[_Union[_portfolio_pb2.Instrument, _Mapping]]] = ..., risk_profile: _Optional[_Union[_portfolio_pb2.RiskProfile, _Mapping]] = ..., mandate: _Optional[_Union[_portfolio_pb2.Mandate, _Mapping]] = ..., model: _Optional[str] = ..., as_of_unix_nanos: _Optional[int] = ..., tax: _Optional[_Union[TaxContext, _Mapping]] = ..., liquidity: _Optional[_Union[LiquidityContext, _Mapping]] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("request_id", "decision_id", "status", "targets", "orders", "compliance", "model", "summary", "approval_id", "risk_before", "risk_after", "turnover", "audit_record_hash", "market_state_unix_nanos", "note", "cash_weight_before", "cash_weight_after", "total_estimated_cost", "total_value", "engine_nanos")
+    __slots__ = ("request_id", "decision_id", "status", "targets", "orders", "compliance", "model", "summary", "approval_id", "risk_before", "risk_after", "turnover", "audit_record_hash", "market_state_unix_nanos", "note", "cash_weight_before", "cash_weight_after", "total_estimated_cost", "total_value", "engine_nanos", "liquidity_model")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class RebalanceResponse(_message.Message):
     TOTAL_ESTIMATED_COST_FIELD_NUMBER: _ClassVar[int]
     TOTAL_VALUE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_NANOS_FIELD_NUMBER: _ClassVar[int]
+    LIQUIDITY_MODEL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     decision_id: str
     status: DecisionStatus
@@ -103,7 +104,8 @@ class RebalanceResponse(_message.Message):
     total_estimated_cost: float
     total_value: float
     engine_nanos: int
-    def __init__(self, request_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., status: _Optional[_Union[DecisionStatus, str]] = ..., targets: _Optional[_Iterable[_Union[_portfolio_pb2.TargetWeight, _Mapping]]] = ..., orders: _Optional[_Iterable[_Union[_portfolio_pb2.Order, _Mapping]]] = ..., compliance: _Optional[_Union[_portfolio_pb2.ComplianceReport, _Mapping]] = ..., model: _Optional[_Union[_portfolio_pb2.ModelRef, _Mapping]] = ..., summary: _Optional[str] = ..., approval_id: _Optional[str] = ..., risk_before: _Optional[_Union[_portfolio_pb2.RiskFigures, _Mapping]] = ..., risk_after: _Optional[_Union[_portfolio_pb2.RiskFigures, _Mapping]] = ..., turnover: _Optional[float] = ..., audit_record_hash: _Optional[str] = ..., market_state_unix_nanos: _Optional[int] = ..., note: _Optional[str] = ..., cash_weight_before: _Optional[float] = ..., cash_weight_after: _Optional[float] = ..., total_estimated_cost: _Optional[float] = ..., total_value: _Optional[float] = ..., engine_nanos: _Optional[int] = ...) -> None: ...
+    liquidity_model: _portfolio_pb2.ModelRef
+    def __init__(self, request_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., status: _Optional[_Union[DecisionStatus, str]] = ..., targets: _Optional[_Iterable[_Union[_portfolio_pb2.TargetWeight, _Mapping]]] = ..., orders: _Optional[_Iterable[_Union[_portfolio_pb2.Order, _Mapping]]] = ..., compliance: _Optional[_Union[_portfolio_pb2.ComplianceReport, _Mapping]] = ..., model: _Optional[_Union[_portfolio_pb2.ModelRef, _Mapping]] = ..., summary: _Optional[str] = ..., approval_id: _Optional[str] = ..., risk_before: _Optional[_Union[_portfolio_pb2.RiskFigures, _Mapping]] = ..., risk_after: _Optional[_Union[_portfolio_pb2.RiskFigures, _Mapping]] = ..., turnover: _Optional[float] = ..., audit_record_hash: _Optional[str] = ..., market_state_unix_nanos: _Optional[int] = ..., note: _Optional[str] = ..., cash_weight_before: _Optional[float] = ..., cash_weight_after: _Optional[float] = ..., total_estimated_cost: _Optional[float] = ..., total_value: _Optional[float] = ..., engine_nanos: _Optional[int] = ..., liquidity_model: _Optional[_Union[_portfolio_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class PriceUpdate(_message.Message):
     __slots__ = ("instrument_id", "price", "time_unix_nanos")
