@@ -208,6 +208,8 @@ extension FramedServer {
         let configuration: Configuration
         let logger: Logger
         let state = Mutex(State())
+        /// The transport's own error answers (`keel_transport_errors_total{transport="framed"}`).
+        let transportErrors = TransportErrorMetrics(transport: "framed")
 
         init(handler: any RequestHandler, configuration: Configuration, logger: Logger) {
             self.handler = handler
@@ -319,6 +321,7 @@ final class FramedConnectionHandler: ChannelInboundHandler {
             guard !self.closing else { return }
             self.closing = true
             self.shared.logger.debug("framed protocol violation, closing", metadata: ["status": "\(status)"])
+            self.shared.transportErrors.count(status.code)
             let frame = FrameCodec.encodeError(status, method: method, requestID: requestID, allocator: context.channel.allocator)
             let channel = context.channel
             context.writeAndFlush(self.wrapOutboundOut(frame)).whenComplete { _ in channel.close(promise: nil) }
@@ -354,6 +357,7 @@ final class FramedConnectionHandler: ChannelInboundHandler {
                 if Task.isCancelled || ContinuousClock.now >= deadline {
                     // Work not started before the deadline is not started.
                     result = .failure(RPCStatus(.deadlineExceeded, "the deadline passed before the request started"))
+                    shared.transportErrors.count(.deadlineExceeded)
                 } else {
                     result = await shared.handler.handle(rpcMethod, request: payload, deadline: deadline)
                 }
@@ -383,6 +387,7 @@ final class FramedConnectionHandler: ChannelInboundHandler {
         case .success where ContinuousClock.now > request.deadline:
             // The timer has not fired yet, but the answer is late all the same.
             let status = RPCStatus(.deadlineExceeded, "no answer before the request's deadline")
+            self.shared.transportErrors.count(.deadlineExceeded)
             frame = FrameCodec.encodeError(status, method: request.method, requestID: request.requestID, allocator: context.channel.allocator)
         case .success(let payload):
             frame = FrameCodec.encode(kind: .response, method: request.method, requestID: request.requestID, payload: payload, allocator: context.channel.allocator)
@@ -396,6 +401,7 @@ final class FramedConnectionHandler: ChannelInboundHandler {
     private func expire(_ sequence: UInt64) {
         guard let request = self.inFlight.removeValue(forKey: sequence) else { return }
         request.task.cancel()
+        self.shared.transportErrors.count(.deadlineExceeded)
         guard let context = self.context, !self.closing else { return }
         let status = RPCStatus(.deadlineExceeded, "no answer before the request's deadline")
         let frame = FrameCodec.encodeError(status, method: request.method, requestID: request.requestID, allocator: context.channel.allocator)
@@ -404,6 +410,7 @@ final class FramedConnectionHandler: ChannelInboundHandler {
     }
 
     private func writeImmediateError(_ status: RPCStatus, method: UInt16, requestID: UInt64, context: ChannelHandlerContext) {
+        self.shared.transportErrors.count(status.code)
         let frame = FrameCodec.encodeError(status, method: method, requestID: requestID, allocator: context.channel.allocator)
         context.write(self.wrapOutboundOut(frame), promise: nil)
         self.needsFlush = true

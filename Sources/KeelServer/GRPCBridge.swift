@@ -19,6 +19,8 @@ struct KeelGRPCServices: RegistrableRPCService {
     /// True once the server is shutting down: Watch streams then send their
     /// last status and end, so a graceful shutdown does not wait on them forever.
     let isShuttingDown: @Sendable () -> Bool
+    /// The bridge's own error answers (`keel_transport_errors_total{transport="grpc"}`).
+    let transportErrors = TransportErrorMetrics(transport: "grpc")
 
     func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         for method in RPCMethod.allCases {
@@ -27,6 +29,7 @@ struct KeelGRPCServices: RegistrableRPCService {
             let handler = self.handler
             let defaultDeadline = self.defaultDeadline
             let maxBytes = self.maxRequestBytes
+            let transportErrors = self.transportErrors
             router.registerHandler(
                 forMethod: descriptor,
                 deserializer: RawBytes(),
@@ -38,10 +41,12 @@ struct KeelGRPCServices: RegistrableRPCService {
                     body = try await Self.requestBytes(for: method, from: request.messages, maxBytes: maxBytes,
                                                        deadline: deadline)
                 } catch let status as RPCStatus {
+                    transportErrors.count(status.code)
                     return StreamingServerResponse(of: [UInt8].self, error: RPCError(status))
                 }
                 switch await handler.handle(method, request: body, deadline: deadline) {
                 case .success where ContinuousClock.now > deadline:
+                    transportErrors.count(.deadlineExceeded)
                     return StreamingServerResponse(of: [UInt8].self, error: RPCError(RPCStatus(
                         .deadlineExceeded, "\(method.fullName): deadline exceeded: the answer was ready after the "
                             + "deadline (its effects, if any, took place)")))

@@ -82,3 +82,33 @@ extension Metrics.Timer {
         recordNanoseconds(seconds &* 1_000_000_000 &+ attoseconds / 1_000_000_000)
     }
 }
+
+/// `keel_transport_errors_total{transport,code}`: answers a transport gives
+/// itself, which `keel_requests_total` (the handler's outcomes) does not
+/// see: unknown methods, protocol violations, per-connection limits, a
+/// request that never started, and an answer replaced by DEADLINE_EXCEEDED
+/// because it came after the deadline.
+///
+/// Thread safety: counters are created on first use per code under a lock.
+public final class TransportErrorMetrics: Sendable {
+    public let transport: String
+    private let factory: any MetricsFactory
+    private let counters = Mutex<[Int32: Counter]>([:])
+
+    /// `factory`: nil uses the bootstrapped `MetricsSystem` (what the server does).
+    public init(transport: String, factory: (any MetricsFactory)? = nil) {
+        self.transport = transport
+        self.factory = factory ?? MetricsSystem.factory
+    }
+
+    public func count(_ code: RPCStatusCode) {
+        let counter = counters.withLock { c -> Counter in
+            if let existing = c[code.rawValue] { return existing }
+            let made = Counter(label: "keel_transport_errors_total",
+                               dimensions: [("transport", transport), ("code", code.description)], factory: factory)
+            c[code.rawValue] = made
+            return made
+        }
+        counter.increment()
+    }
+}

@@ -252,9 +252,16 @@ def test_metrics_endpoint_counts_requests(server, stubs):
         stub = stubs.service_grpc.RebalancerStub(ch)
         for _ in range(3):
             stub.Rebalance(rebalance_request(stubs, 5), timeout=5)
+    # An answer the framed transport gives itself: an unknown method id.
+    with kf.KeelFramedClient("127.0.0.1", server.tcp_port) as c:
+        frame = c.recv_for(c.send(999, b"", timeout_s=5), 5)
+        assert frame.kind == kf.KIND_ERROR and frame.error().code == 12
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
     assert "keel_requests_total" in body and 'method="Rebalance"' in body
     assert "keel_request_duration_seconds" in body
+    transport = [line for line in body.splitlines() if line.startswith("keel_transport_errors_total{")]
+    assert any('transport="framed"' in line and 'code="UNIMPLEMENTED"' in line and line.endswith(" 1")
+               for line in transport), transport
 
 
 def test_sigterm_exits_zero(server):
