@@ -76,6 +76,10 @@ struct ServeCommand: AsyncParsableCommand {
             help: "Approval when portfolio volatility rises by more than this, or off (default 0.01 = 1 point).")
     var approvalVolatilityRiseAbove: String?
 
+    @Option(name: .customLong("approval-max-pending"),
+            help: "Most decisions waiting for approval at once; beyond it RESOURCE_EXHAUSTED (default 10000).")
+    var approvalMaxPending: Int?
+
     @Option(name: .customLong("approval-first-rebalance"),
             help: "Approval of an account's first rebalance: true (default) or false.")
     var approvalFirstRebalance: String?
@@ -108,6 +112,7 @@ struct ServeCommand: AsyncParsableCommand {
             ("approvalTurnoverAbove", approvalTurnoverAbove), ("approvalOrderShareAbove", approvalOrderShareAbove),
             ("approvalVolatilityRiseAbove", approvalVolatilityRiseAbove),
             ("approvalFirstRebalance", approvalFirstRebalance),
+            ("approvalMaxPending", approvalMaxPending.map(String.init)),
         ]
         for (key, value) in flags {
             if let value { try c.set(key, value, source: "--\(Self.flagName(key))") }

@@ -14,6 +14,9 @@ public struct ApprovalRules: Sendable, Equatable {
     public var firstRebalance = true
     /// How long a pending decision waits before it expires.
     public var expiry: Duration = .seconds(24 * 3600)
+    /// Most decisions waiting at once; a decision that would wait beyond it
+    /// is refused (each holds its whole proposal in memory).
+    public var maxPending = 10_000
 
     public init() {}
 
@@ -143,6 +146,12 @@ public final class ApprovalBook<Proposal: Sendable>: Sendable {
             // Oldest first; ties broken by id (dictionary order is not stable across runs).
             return expired.sorted { ($0.createdUnixNanos, $0.approvalID) < ($1.createdUnixNanos, $1.approvalID) }
         }
+    }
+
+    /// How many entries are pending (decided and expired ones are listed in
+    /// `decidedOrder`; every other entry is pending).
+    public var pendingCount: Int {
+        store.withLock { $0.entries.count - $0.decidedOrder.count }
     }
 
     /// Pending entries, oldest first; only `accountID`'s when it is not empty.

@@ -33,6 +33,7 @@ extension ServerConfig {
         ("approvalVolatilityRiseAbove", "KEEL_APPROVAL_VOLATILITY_RISE_ABOVE",
          "approval when portfolio volatility rises by more than this (0.01 = 1 point), or off"),
         ("approvalFirstRebalance", "KEEL_APPROVAL_FIRST_REBALANCE", "approval of an account's first rebalance: true or false"),
+        ("approvalMaxPending", "KEEL_APPROVAL_MAX_PENDING", "most decisions waiting for approval at once"),
     ]
 
     /// Applies a JSON object of settings (a config file). Unknown keys and
@@ -104,6 +105,7 @@ extension ServerConfig {
         case "approvalTurnoverAbove": approvalRules.turnoverAbove = try fractionOrOff()
         case "approvalOrderShareAbove": approvalRules.orderShareAbove = try fractionOrOff()
         case "approvalVolatilityRiseAbove": approvalRules.volatilityRiseAbove = try fractionOrOff()
+        case "approvalMaxPending": approvalRules.maxPending = try int(1...10_000_000)
         case "approvalFirstRebalance":
             switch text.trimmingCharacters(in: .whitespaces).lowercased() {
             case "true": approvalRules.firstRebalance = true

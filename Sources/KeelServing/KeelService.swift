@@ -464,6 +464,14 @@ public final class KeelService: RequestHandler {
         let triggered = approvalRules.triggered(by: decision, firstRebalance: first)
         var pending: PendingPlan? = nil
         if !triggered.isEmpty {
+            // Refused before it is recorded: it could not wait (concurrent
+            // requests may overshoot the bound by at most maxConcurrent).
+            let waiting = approvals.pendingCount
+            if waiting >= approvalRules.maxPending {
+                throw RPCStatus(.resourceExhausted, "\(waiting) decisions already wait for an advisor (at most "
+                    + "\(approvalRules.maxPending)); this one needs approval too (\(triggered.joined(separator: "; "))): "
+                    + "decide or let some expire first")
+            }
             let created = MarketState.nowUnixNanos()
             pending = PendingPlan(rules: triggered, createdUnixNanos: created,
                                   expiresUnixNanos: created &+ Self.nanos(approvalRules.expiry))
@@ -588,13 +596,39 @@ public final class KeelService: RequestHandler {
         }
     }
 
+    /// ListPending's page size: by default, and at most.
+    static let defaultPendingPage: Int32 = 100
+    static let maxPendingPage: Int32 = 1000
+
     private func performListPending(_ request: Keel_V1_ListPendingRequest, deadline: ContinuousClock.Instant)
         async throws(RPCStatus) -> Keel_V1_ListPendingResponse
     {
         try admitLight(deadline)
+        guard (0...Self.maxPendingPage).contains(request.pageSize) else {
+            throw RPCStatus(.invalidArgument, "page_size \(request.pageSize) is outside 0...\(Self.maxPendingPage) "
+                + "(0 = \(Self.defaultPendingPage))")
+        }
+        // The token is the last entry's ordering key: "created_unix_nanos:approval_id".
+        var after: (Int64, String)? = nil
+        if !request.pageToken.isEmpty {
+            let parts = request.pageToken.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, let created = Int64(parts[0]) else {
+                throw RPCStatus(.invalidArgument, "page_token '\(request.pageToken)' is not a next_page_token of "
+                    + "ListPending")
+            }
+            after = (created, String(parts[1]))
+        }
         try await expireApprovals()
+        let size = Int(request.pageSize == 0 ? Self.defaultPendingPage : request.pageSize)
+        var entries = approvals.pending(accountID: request.accountID)[...]
+        if let after {
+            entries = entries.drop { ($0.createdUnixNanos, $0.approvalID) <= after }
+        }
         var response = Keel_V1_ListPendingResponse()
-        response.pending = approvals.pending(accountID: request.accountID).map { entry in
+        if entries.count > size, let last = entries.prefix(size).last {
+            response.nextPageToken = "\(last.createdUnixNanos):\(last.approvalID)"
+        }
+        response.pending = entries.prefix(size).map { entry in
             var p = Keel_V1_PendingDecision()
             p.approvalID = entry.approvalID
             p.decisionID = entry.decisionID

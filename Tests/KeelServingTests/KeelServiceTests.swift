@@ -19,6 +19,53 @@ struct KeelServiceTests {
         let metrics: TestMetrics
     }
 
+    @Test("pending decisions are bounded, and ListPending pages through them oldest first")
+    func pendingBoundAndPages() async throws {
+        var rules = Self.noApprovals
+        rules.firstRebalance = true
+        rules.maxPending = 5
+        let f = try Self.fixture(rules: rules)
+        let ids = ["AAA", "BBB", "CCC"]
+        var waiting: [String] = []
+        for k in 0..<7 {
+            do {
+                let r = try await f.service.rebalance(Self.rebalanceRequest(instruments: ids, account: "ACC-P\(k)"),
+                                                      deadline: Self.deadline())
+                #expect(r.status == .pendingApproval)
+                waiting.append(r.approvalID)
+            } catch {
+                #expect(k >= 5, "decision \(k) was refused: \(error)")
+                #expect(error.code == .resourceExhausted)
+                #expect(error.message.contains("5 decisions already wait for an advisor (at most 5)"), "\(error.message)")
+            }
+        }
+        #expect(waiting.count == 5)
+        #expect(f.service.approvals.pendingCount == 5)
+
+        var pages: [[String]] = []
+        var token = ""
+        repeat {
+            let page = try await f.service.listPending(.with { $0.pageSize = 2; $0.pageToken = token },
+                                                       deadline: Self.deadline())
+            pages.append(page.pending.map(\.approvalID))
+            token = page.nextPageToken
+        } while !token.isEmpty && pages.count < 10
+        #expect(pages.map(\.count) == [2, 2, 1])
+        #expect(pages.flatMap { $0 } == waiting)  // oldest first, each once
+        #expect(try await f.service.listPending(.init(), deadline: Self.deadline()).pending.count == 5)
+
+        for (request, needle) in [(Keel_V1_ListPendingRequest.with { $0.pageSize = 1001 }, "page_size 1001"),
+                                  (.with { $0.pageSize = -1 }, "page_size -1"),
+                                  (.with { $0.pageToken = "garbage" }, "page_token 'garbage'")] {
+            do {
+                _ = try await f.service.listPending(request, deadline: Self.deadline())
+                Issue.record("\(request) was accepted")
+            } catch {
+                #expect(error.code == .invalidArgument && error.message.contains(needle), "\(error.message)")
+            }
+        }
+    }
+
     /// Approval rules that never trigger (tests of other behaviour).
     static let noApprovals: ApprovalRules = {
         var rules = ApprovalRules()

@@ -359,16 +359,22 @@ class PendingDecision(_message.Message):
     def __init__(self, approval_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., account_id: _Optional[str] = ..., triggered_rules: _Optional[_Iterable[str]] = ..., proposal: _Optional[_Union[RebalanceResponse, _Mapping]] = ..., created_unix_nanos: _Optional[int] = ..., expires_unix_nanos: _Optional[int] = ...) -> None: ...
 
 class ListPendingRequest(_message.Message):
-    __slots__ = ("account_id",)
+    __slots__ = ("account_id", "page_size", "page_token")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     account_id: str
-    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListPendingResponse(_message.Message):
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "next_page_token")
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     pending: _containers.RepeatedCompositeFieldContainer[PendingDecision]
-    def __init__(self, pending: _Optional[_Iterable[_Union[PendingDecision, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, pending: _Optional[_Iterable[_Union[PendingDecision, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
     __slots__ = ("approval_id", "approve", "advisor_id", "comment")
