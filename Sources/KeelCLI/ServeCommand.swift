@@ -43,6 +43,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-message-bytes"), help: "Largest request payload in bytes (default 4 MiB).")
     var maxMessageBytes: Int?
 
+    @Option(name: .customLong("max-in-flight-bytes"),
+            help: "Request bytes held by requests in flight, per transport (default 256 MiB).")
+    var maxInFlightBytes: Int?
+
     @Option(name: .customLong("default-deadline-ms"), help: "Deadline of requests that carry none (default 1000).")
     var defaultDeadlineMs: Int?
 
@@ -103,6 +107,7 @@ struct ServeCommand: AsyncParsableCommand {
             ("host", host), ("grpcPort", grpcPort.map(String.init)), ("tcpPort", tcpPort.map(String.init)),
             ("metricsPort", metricsPort.map(String.init)), ("models", models),
             ("maxMessageBytes", maxMessageBytes.map(String.init)),
+            ("maxInFlightBytes", maxInFlightBytes.map(String.init)),
             ("defaultDeadlineMs", defaultDeadlineMs.map(String.init)),
             ("maxConcurrentRequests", maxConcurrentRequests.map(String.init)),
             ("maxQueuedRequests", maxQueuedRequests.map(String.init)),

@@ -31,6 +31,9 @@ public final class FramedServer: Sendable {
         public var defaultDeadline: Duration
         /// Requests running at once on one connection before new ones are refused.
         public var maxInFlightPerConnection: Int
+        /// Request bytes held by requests in flight over all connections;
+        /// a request beyond it is refused with `RESOURCE_EXHAUSTED`.
+        public var maxInFlightBytes: Int
         /// Event-loop threads for socket I/O (inference runs elsewhere).
         public var eventLoopThreads: Int
         /// How long a graceful shutdown waits for in-flight requests before closing
@@ -43,6 +46,7 @@ public final class FramedServer: Sendable {
             maxMessageBytes: Int = 4 * 1024 * 1024,
             defaultDeadline: Duration = .seconds(1),
             maxInFlightPerConnection: Int = 1024,
+            maxInFlightBytes: Int = 256 << 20,
             eventLoopThreads: Int = 1,
             shutdownGracePeriod: Duration = .seconds(10)
         ) {
@@ -51,6 +55,7 @@ public final class FramedServer: Sendable {
             self.maxMessageBytes = maxMessageBytes
             self.defaultDeadline = defaultDeadline
             self.maxInFlightPerConnection = maxInFlightPerConnection
+            self.maxInFlightBytes = maxInFlightBytes
             self.eventLoopThreads = eventLoopThreads
             self.shutdownGracePeriod = shutdownGracePeriod
         }
@@ -210,11 +215,14 @@ extension FramedServer {
         let state = Mutex(State())
         /// The transport's own error answers (`keel_transport_errors_total{transport="framed"}`).
         let transportErrors = TransportErrorMetrics(transport: "framed")
+        /// Bytes of the requests in flight (``Configuration/maxInFlightBytes``).
+        let budget: PayloadBudget
 
         init(handler: any RequestHandler, configuration: Configuration, logger: Logger) {
             self.handler = handler
             self.configuration = configuration
             self.logger = logger
+            self.budget = PayloadBudget(limit: configuration.maxInFlightBytes)
         }
 
         /// Records a new connection; false when the server is stopping (the caller closes it).
@@ -343,6 +351,12 @@ final class FramedConnectionHandler: ChannelInboundHandler {
                     method: method, requestID: requestID, context: context)
                 return
             }
+            let size = payload.count
+            guard self.shared.budget.take(size) else {
+                self.writeImmediateError(self.shared.budget.refusal(size), method: method, requestID: requestID,
+                                         context: context)
+                return
+            }
             let timeout = timeoutMicroseconds == 0 ? self.shared.configuration.defaultDeadline : .microseconds(timeoutMicroseconds)
             let deadline = receivedAt + timeout
             let sequence = self.nextSequence
@@ -361,6 +375,7 @@ final class FramedConnectionHandler: ChannelInboundHandler {
                 } else {
                     result = await shared.handler.handle(rpcMethod, request: payload, deadline: deadline)
                 }
+                shared.budget.give(size)
                 shared.execute(on: loop) { bound.value.complete(sequence, result) }
             }
             let remaining = max(.zero, deadline - .now)

@@ -18,6 +18,7 @@ extension ServerConfig {
         ("metricsPort", "KEEL_METRICS_PORT", "Prometheus metrics port (0: any free port)"),
         ("models", "KEEL_MODELS", "model repository directory"),
         ("maxMessageBytes", "KEEL_MAX_MESSAGE_BYTES", "largest request payload"),
+        ("maxInFlightBytes", "KEEL_MAX_IN_FLIGHT_BYTES", "request bytes held by requests in flight, per transport"),
         ("defaultDeadlineMs", "KEEL_DEFAULT_DEADLINE_MS", "deadline of requests without their own"),
         ("maxConcurrentRequests", "KEEL_MAX_CONCURRENT_REQUESTS", "requests executing at once"),
         ("maxQueuedRequests", "KEEL_MAX_QUEUED_REQUESTS", "requests waiting before RESOURCE_EXHAUSTED"),
@@ -88,6 +89,7 @@ extension ServerConfig {
             guard !text.isEmpty else { throw ConfigError("\(source) must not be empty") }
             modelsDirectory = text
         case "maxMessageBytes": maxMessageBytes = try int(1024...(1 << 30))
+        case "maxInFlightBytes": maxInFlightBytes = try int(1024...(1 << 40))
         case "defaultDeadlineMs": defaultDeadline = .milliseconds(try int(1...3_600_000))
         case "maxConcurrentRequests": maxConcurrentRequests = try int(1...4096)
         case "maxQueuedRequests": maxQueuedRequests = try int(0...1_000_000)

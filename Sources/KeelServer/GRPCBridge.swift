@@ -21,6 +21,8 @@ struct KeelGRPCServices: RegistrableRPCService {
     let isShuttingDown: @Sendable () -> Bool
     /// The bridge's own error answers (`keel_transport_errors_total{transport="grpc"}`).
     let transportErrors = TransportErrorMetrics(transport: "grpc")
+    /// Bytes of the requests in flight over gRPC (`maxInFlightBytes`).
+    let budget: PayloadBudget
 
     func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
         for method in RPCMethod.allCases {
@@ -30,6 +32,7 @@ struct KeelGRPCServices: RegistrableRPCService {
             let defaultDeadline = self.defaultDeadline
             let maxBytes = self.maxRequestBytes
             let transportErrors = self.transportErrors
+            let budget = self.budget
             router.registerHandler(
                 forMethod: descriptor,
                 deserializer: RawBytes(),
@@ -44,7 +47,13 @@ struct KeelGRPCServices: RegistrableRPCService {
                     transportErrors.count(status.code)
                     return StreamingServerResponse(of: [UInt8].self, error: RPCError(status))
                 }
-                switch await handler.handle(method, request: body, deadline: deadline) {
+                guard budget.take(body.count) else {
+                    transportErrors.count(.resourceExhausted)
+                    return StreamingServerResponse(of: [UInt8].self, error: RPCError(budget.refusal(body.count)))
+                }
+                let result = await handler.handle(method, request: body, deadline: deadline)
+                budget.give(body.count)
+                switch result {
                 case .success where ContinuousClock.now > deadline:
                     transportErrors.count(.deadlineExceeded)
                     return StreamingServerResponse(of: [UInt8].self, error: RPCError(RPCStatus(

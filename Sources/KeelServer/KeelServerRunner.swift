@@ -103,7 +103,7 @@ public final class KeelServerRunner: Sendable {
         let framed = FramedServer(
             handler: service,
             configuration: .init(host: host, port: config.tcpPort, maxMessageBytes: config.maxMessageBytes,
-                                 defaultDeadline: config.defaultDeadline),
+                                 defaultDeadline: config.defaultDeadline, maxInFlightBytes: config.maxInFlightBytes),
             logger: Logger(label: "keel.framed"))
         let tcpPort: Int
         do {
@@ -123,7 +123,8 @@ public final class KeelServerRunner: Sendable {
             transport: transport,
             services: [KeelGRPCServices(handler: service, defaultDeadline: config.defaultDeadline,
                                         maxRequestBytes: config.maxMessageBytes,
-                                        isShuttingDown: { gate.isDraining })])
+                                        isShuttingDown: { gate.isDraining },
+                                        budget: PayloadBudget(limit: config.maxInFlightBytes))])
         let grpcLogger = logger
         let grpcTask = Task {
             do {

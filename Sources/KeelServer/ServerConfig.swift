@@ -11,6 +11,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var modelsDirectory = "./models"
     /// Largest request or response payload accepted, in bytes.
     public var maxMessageBytes = 4 << 20
+    /// Request bytes held by the requests in flight, per transport; a request
+    /// beyond it gets RESOURCE_EXHAUSTED.
+    public var maxInFlightBytes = 256 << 20
     /// Deadline for requests that do not carry their own.
     public var defaultDeadline: Duration = .seconds(1)
     /// Requests executing at once; more wait in the queue.

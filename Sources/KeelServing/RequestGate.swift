@@ -239,3 +239,43 @@ public final class RequestGate: Sendable {
         state.withLock { $0.draining = true }
     }
 }
+
+/// The request bytes held by requests in flight on one transport, bounded:
+/// a request that would take the total past ``limit`` is refused at once
+/// (RESOURCE_EXHAUSTED) instead of being held. With the per-connection and
+/// queue limits alone, many connections could each hold a thousand
+/// maximum-size requests.
+///
+/// Thread safety: lock-free; call from any thread.
+public final class PayloadBudget: Sendable {
+    public let limit: Int
+    private let used = Atomic<Int>(0)
+
+    public init(limit: Int) { self.limit = max(0, limit) }
+
+    /// Bytes held now.
+    public var inUse: Int { used.load(ordering: .relaxed) }
+
+    /// Takes `bytes` and returns true, or returns false (taking nothing)
+    /// when the total would pass the limit. A request no larger than the
+    /// limit always fits when nothing else is held.
+    public func take(_ bytes: Int) -> Bool {
+        var current = used.load(ordering: .relaxed)
+        while true {
+            if current > 0 && current + bytes > limit { return false }
+            let (exchanged, now) = used.compareExchange(expected: current, desired: current + bytes,
+                                                        ordering: .relaxed)
+            if exchanged { return true }
+            current = now
+        }
+    }
+
+    /// Gives back what ``take(_:)`` took.
+    public func give(_ bytes: Int) { used.wrappingSubtract(bytes, ordering: .relaxed) }
+
+    /// The RESOURCE_EXHAUSTED answer for a refused request of `bytes`.
+    public func refusal(_ bytes: Int) -> RPCStatus {
+        RPCStatus(.resourceExhausted, "requests in flight hold \(inUse) bytes; this one's \(bytes) would pass the "
+            + "server's limit of \(limit) bytes; retry later")
+    }
+}

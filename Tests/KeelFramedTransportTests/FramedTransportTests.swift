@@ -158,6 +158,56 @@ struct FramedClientServerTests {
         }
     }
 
+    @Test("request bytes in flight are bounded across connections: beyond the budget RESOURCE_EXHAUSTED at once")
+    func inFlightBytesBudget() async throws {
+        let handler = TestHandler()
+        // Two slow 600-byte requests fit a 1,500-byte budget; a third does not.
+        let slow = TestHandler.slowRequest(milliseconds: 1500) + [UInt8](repeating: 1, count: 595)
+        try await withServer(handler, configure: { $0.maxInFlightBytes = 1500 }) { _, port in
+            let a = try await FramedClient.connect(host: "127.0.0.1", port: port)
+            let b = try await FramedClient.connect(host: "127.0.0.1", port: port)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { _ = try await a.call(.rebalance, request: slow, timeout: .seconds(3)) }
+                group.addTask { _ = try await b.call(.rebalance, request: slow, timeout: .seconds(3)) }
+                for _ in 0..<200 where handler.started.load(ordering: .relaxed) < 2 {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+                #expect(handler.started.load(ordering: .relaxed) == 2)
+                do {
+                    _ = try await a.call(.listModels, request: [UInt8](repeating: 2, count: 600), timeout: .seconds(2))
+                    Issue.record("a request past the byte budget was accepted")
+                } catch let error as RPCStatus {
+                    #expect(error.code == .resourceExhausted)
+                    #expect(error.message.contains("limit of 1500 bytes"), "\(error.message)")
+                }
+                // A small one still fits.
+                #expect(try await b.call(.listModels, request: [5], timeout: .seconds(2)) == [5])
+                try await group.waitForAll()
+            }
+            // Once they finished, their bytes are given back.
+            #expect(try await a.call(.listModels, request: [UInt8](repeating: 3, count: 600), timeout: .seconds(1)).count
+                == 600)
+            await a.close()
+            await b.close()
+        }
+    }
+
+    @Test("PayloadBudget: takes while within its limit, always fits one request when empty, gives back")
+    func payloadBudget() {
+        let budget = PayloadBudget(limit: 100)
+        #expect(budget.take(60))
+        #expect(!budget.take(50))
+        #expect(budget.take(40))
+        #expect(budget.inUse == 100)
+        budget.give(60)
+        budget.give(40)
+        #expect(budget.inUse == 0)
+        #expect(budget.take(500), "a request larger than the limit is still served alone")
+        #expect(!budget.take(1))
+        budget.give(500)
+        #expect(budget.inUse == 0)
+    }
+
     @Test("graceful shutdown lets in-flight calls finish, then refuses new connections")
     func gracefulShutdown() async throws {
         let handler = TestHandler()

@@ -306,7 +306,7 @@ struct GRPCBridgeTests {
             address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext)
         let services = KeelGRPCServices(handler: SlowHandler(delay: .milliseconds(300)),
                                         defaultDeadline: .milliseconds(100), maxRequestBytes: 1 << 20,
-                                        isShuttingDown: { false })
+                                        isShuttingDown: { false }, budget: PayloadBudget(limit: 1 << 30))
         let server = GRPCServer(transport: transport, services: [services])
         let serving = Task { try await server.serve() }
         defer {
