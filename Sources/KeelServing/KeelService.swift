@@ -381,8 +381,6 @@ public final class KeelService: RequestHandler {
         }
     }
 
-    /// The decision and its audit record. No lock is held while the model
-    /// runs (sessions are checked out of the model's pool).
     /// Losses a decision's sales realise: remembered once it is answered.
     struct Harvest {
         let household: String
@@ -397,7 +395,10 @@ public final class KeelService: RequestHandler {
         let expiresUnixNanos: Int64
     }
 
-    /// Also returns the approval the decision needs (nil: executable as it is).
+    /// The decision and its audit record. No lock is held while the model
+    /// runs (sessions are checked out of the model's pool). Also returns the
+    /// approval the decision needs (nil: executable as it is) and the losses
+    /// its sales realise (nil: none).
     private func rebalanceNow(_ request: Keel_V1_RebalanceRequest, bytes: [UInt8]?, arrived: ContinuousClock.Instant)
         throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, PendingPlan?, Harvest?)
     {
