@@ -16,8 +16,9 @@ public struct LoadPlan: Sendable {
     }
 
     public var method: RPCMethod
-    /// The serialized requests, sent in turn (request `i` of the run is
-    /// `requests[i % requests.count]`); never empty.
+    /// The serialized requests, sent in turn; never empty. Open loop: the
+    /// `i`th request due is `requests[i % requests.count]`; closed loop:
+    /// caller `k` of `C` sends `k`, `k + C`, `k + 2C`, ... (modulo the count).
     public private(set) var requests: [[UInt8]]
     /// The first request (the only one for a plan of one request).
     public var request: [UInt8] { requests[0] }

@@ -368,15 +368,15 @@ final class FramedConnectionHandler: ChannelInboundHandler {
             let shared = self.shared
             let task = Task {
                 let result: Result<[UInt8], RPCStatus>
-                if Task.isCancelled || ContinuousClock.now >= deadline {
+                let started = !Task.isCancelled && ContinuousClock.now < deadline
+                if started {
+                    result = await shared.handler.handle(rpcMethod, request: payload, deadline: deadline)
+                } else {
                     // Work not started before the deadline is not started.
                     result = .failure(RPCStatus(.deadlineExceeded, "the deadline passed before the request started"))
-                    shared.transportErrors.count(.deadlineExceeded)
-                } else {
-                    result = await shared.handler.handle(rpcMethod, request: payload, deadline: deadline)
                 }
                 shared.budget.give(size)
-                shared.execute(on: loop) { bound.value.complete(sequence, result) }
+                shared.execute(on: loop) { bound.value.complete(sequence, result, transportError: !started) }
             }
             let remaining = max(.zero, deadline - .now)
             let timer = loop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: TimeAmount(remaining)) {
@@ -392,11 +392,14 @@ final class FramedConnectionHandler: ChannelInboundHandler {
         self.closeIfDrained()
     }
 
-    private func complete(_ sequence: UInt64, _ result: Result<[UInt8], RPCStatus>) {
+    /// `transportError`: the failure is this transport's own (the request
+    /// never started), counted here once, when it is the answer sent.
+    private func complete(_ sequence: UInt64, _ result: Result<[UInt8], RPCStatus>, transportError: Bool) {
         self.running -= 1
         guard let request = self.inFlight.removeValue(forKey: sequence) else { return }  // expired or closed
         request.timer.cancel()
         guard let context = self.context, !self.closing else { return }
+        if transportError, case .failure(let status) = result { self.shared.transportErrors.count(status.code) }
         let frame: ByteBuffer
         switch result {
         case .success where ContinuousClock.now > request.deadline:
@@ -416,8 +419,8 @@ final class FramedConnectionHandler: ChannelInboundHandler {
     private func expire(_ sequence: UInt64) {
         guard let request = self.inFlight.removeValue(forKey: sequence) else { return }
         request.task.cancel()
-        self.shared.transportErrors.count(.deadlineExceeded)
         guard let context = self.context, !self.closing else { return }
+        self.shared.transportErrors.count(.deadlineExceeded)
         let status = RPCStatus(.deadlineExceeded, "no answer before the request's deadline")
         let frame = FrameCodec.encodeError(status, method: request.method, requestID: request.requestID, allocator: context.channel.allocator)
         context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)

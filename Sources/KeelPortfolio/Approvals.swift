@@ -79,6 +79,8 @@ public final class ApprovalBook<Proposal: Sendable>: Sendable {
     private struct Store {
         var entries: [String: Entry] = [:]
         var decidedOrder: [String] = []
+        /// Places promised by ``reserve(limit:nowUnixNanos:)`` and not yet filled.
+        var reserved = 0
     }
 
     private let store = Mutex(Store())
@@ -103,14 +105,44 @@ public final class ApprovalBook<Proposal: Sendable>: Sendable {
 
     /// Adds a pending entry with explicit creation and expiry times (a new
     /// decision, or one restored from the audit trail after a restart).
+    /// `fillingReservation`: the place was taken by ``reserve(limit:nowUnixNanos:)``.
     public func add(approvalID: String, decisionID: String, accountID: String, triggeredRules: [String],
-                        proposal: Proposal, createdUnixNanos: Int64, expiresUnixNanos: Int64)
+                    proposal: Proposal, createdUnixNanos: Int64, expiresUnixNanos: Int64,
+                    fillingReservation: Bool = false)
     {
         let entry = Entry(approvalID: approvalID, decisionID: decisionID, accountID: accountID,
                           triggeredRules: triggeredRules, proposal: proposal, createdUnixNanos: createdUnixNanos,
                           expiresUnixNanos: expiresUnixNanos, state: .pending, advisorID: "", comment: "",
                           decidedUnixNanos: 0)
-        store.withLock { $0.entries[approvalID] = entry }
+        store.withLock { s in
+            s.entries[approvalID] = entry
+            if fillingReservation { s.reserved = max(0, s.reserved - 1) }
+        }
+    }
+
+    /// Promises a place for a pending entry about to be recorded: true when
+    /// fewer than `limit` entries are pending or promised. Entries whose time
+    /// has passed but that no call has expired yet do not count. Fill the
+    /// place with `add(..., fillingReservation: true)` or give it back with
+    /// ``cancelReservation()``.
+    public func reserve(limit: Int, nowUnixNanos: Int64) -> Bool {
+        store.withLock { s in
+            var waiting = s.entries.count - s.decidedOrder.count + s.reserved
+            if waiting >= limit {
+                // The rare full case: leave out what has already expired.
+                waiting -= s.entries.values.reduce(0) { n, e in
+                    n + (e.state == .pending && e.expiresUnixNanos <= nowUnixNanos ? 1 : 0)
+                }
+            }
+            guard waiting < limit else { return false }
+            s.reserved += 1
+            return true
+        }
+    }
+
+    /// Gives back a place ``reserve(limit:nowUnixNanos:)`` promised.
+    public func cancelReservation() {
+        store.withLock { $0.reserved = max(0, $0.reserved - 1) }
     }
 
     /// Applies a recorded decision or expiry to a restored entry (no checks:
@@ -148,8 +180,9 @@ public final class ApprovalBook<Proposal: Sendable>: Sendable {
         }
     }
 
-    /// How many entries are pending (decided and expired ones are listed in
-    /// `decidedOrder`; every other entry is pending).
+    /// How many entries are pending, including any whose time has passed
+    /// but that no call has expired yet (decided and expired ones are listed
+    /// in `decidedOrder`; every other entry is pending).
     public var pendingCount: Int {
         store.withLock { $0.entries.count - $0.decidedOrder.count }
     }

@@ -95,9 +95,7 @@ public final class KeelService: RequestHandler {
             }
         case .harvestTaxLosses:
             result = await serve(m, request, Keel_V1_HarvestTaxLossesRequest.self) { r throws(RPCStatus) in
-                try await self.gated(.harvestTaxLosses, deadline: deadline) { () throws(RPCStatus) in
-                    try self.performHarvestTaxLosses(r)
-                }
+                try await self.answerHarvestTaxLosses(r, deadline: deadline)
             }
         case .forecastLiquidity:
             result = await serve(m, request, Keel_V1_ForecastLiquidityRequest.self) { r throws(RPCStatus) in
@@ -203,9 +201,7 @@ public final class KeelService: RequestHandler {
         async throws(RPCStatus) -> Keel_V1_HarvestTaxLossesResponse
     {
         try await counted(.harvestTaxLosses) { () async throws(RPCStatus) in
-            try await gated(.harvestTaxLosses, deadline: deadline) { () throws(RPCStatus) in
-                try performHarvestTaxLosses(request)
-            }
+            try await answerHarvestTaxLosses(request, deadline: deadline)
         }
     }
 
@@ -313,6 +309,19 @@ public final class KeelService: RequestHandler {
         }
         var response = decided
         let account = request.portfolio.accountID
+        // A decision that must wait takes its place among the pending ones
+        // before it is recorded (refused, unrecorded, when they are full),
+        // and gives it back if it is not recorded after all.
+        var reservation = false
+        defer { if reservation { approvals.cancelReservation() } }
+        if let pending {
+            guard approvals.reserve(limit: approvalRules.maxPending, nowUnixNanos: MarketState.nowUnixNanos()) else {
+                throw RPCStatus(.resourceExhausted, "\(approvalRules.maxPending) decisions already wait for an "
+                    + "advisor (the most allowed); this one needs approval too (\(pending.rules.joined(separator: "; "))): "
+                    + "decide or let some expire first")
+            }
+            reservation = true
+        }
         let encodeStart = ContinuousClock.now
         var out: [UInt8]
         do { out = try response.fastSerializedBytes() } catch {
@@ -351,7 +360,9 @@ public final class KeelService: RequestHandler {
         if let pending {
             approvals.add(approvalID: response.approvalID, decisionID: response.decisionID, accountID: account,
                           triggeredRules: pending.rules, proposal: response,
-                          createdUnixNanos: pending.createdUnixNanos, expiresUnixNanos: pending.expiresUnixNanos)
+                          createdUnixNanos: pending.createdUnixNanos, expiresUnixNanos: pending.expiresUnixNanos,
+                          fillingReservation: true)
+            reservation = false
         }
         if !account.isEmpty { _ = accountsSeen.withLock { $0.insert(account) } }
         if audit != nil, ContinuousClock.now > deadline {
@@ -361,7 +372,7 @@ public final class KeelService: RequestHandler {
         // Losses count as harvested (blocking repurchases for 31 days) only
         // once the client has the orders that realise them: not for a
         // decision that failed, went unrecorded or answered too late.
-        if let harvest {
+        if let harvest, ContinuousClock.now <= deadline {
             harvestMemory.record(household: harvest.household, instruments: harvest.instruments, day: harvest.day)
         }
         return out
@@ -465,14 +476,6 @@ public final class KeelService: RequestHandler {
         let triggered = approvalRules.triggered(by: decision, firstRebalance: first)
         var pending: PendingPlan? = nil
         if !triggered.isEmpty {
-            // Refused before it is recorded: it could not wait (concurrent
-            // requests may overshoot the bound by at most maxConcurrent).
-            let waiting = approvals.pendingCount
-            if waiting >= approvalRules.maxPending {
-                throw RPCStatus(.resourceExhausted, "\(waiting) decisions already wait for an advisor (at most "
-                    + "\(approvalRules.maxPending)); this one needs approval too (\(triggered.joined(separator: "; "))): "
-                    + "decide or let some expire first")
-            }
             let created = MarketState.nowUnixNanos()
             pending = PendingPlan(rules: triggered, createdUnixNanos: created,
                                   expiresUnixNanos: created &+ Self.nanos(approvalRules.expiry))
@@ -782,8 +785,24 @@ public final class KeelService: RequestHandler {
         return harvest
     }
 
+    /// HarvestTaxLosses through the gate; its proposals are remembered as
+    /// harvests (blocking repurchases for 31 days) once they are answered,
+    /// not when the answer came too late.
+    private func answerHarvestTaxLosses(_ request: Keel_V1_HarvestTaxLossesRequest,
+                                        deadline: ContinuousClock.Instant)
+        async throws(RPCStatus) -> Keel_V1_HarvestTaxLossesResponse
+    {
+        let (response, harvest) = try await gated(.harvestTaxLosses, deadline: deadline) { () throws(RPCStatus) in
+            try performHarvestTaxLosses(request)
+        }
+        if let harvest {
+            harvestMemory.record(household: harvest.household, instruments: harvest.instruments, day: harvest.day)
+        }
+        return response
+    }
+
     private func performHarvestTaxLosses(_ request: Keel_V1_HarvestTaxLossesRequest) throws(RPCStatus)
-        -> Keel_V1_HarvestTaxLossesResponse
+        -> (Keel_V1_HarvestTaxLossesResponse, Harvest?)
     {
         func bad(_ message: String) -> RPCStatus { RPCStatus(.invalidArgument, message) }
         guard request.hasTax else {
@@ -866,14 +885,15 @@ public final class KeelService: RequestHandler {
         }
         if model == nil { notes.append("no tax_loss model is loaded: proposals carry no forecaster score") }
         let household = request.portfolio.householdID.isEmpty ? request.portfolio.accountID : request.portfolio.householdID
-        harvestMemory.record(household: household, instruments: result.proposals.map(\.instrumentID), day: tradeDay)
+        let harvest = result.proposals.isEmpty ? nil
+            : Harvest(household: household, instruments: result.proposals.map(\.instrumentID), day: tradeDay)
 
         var response = Keel_V1_HarvestTaxLossesResponse()
         response.requestID = request.requestID
         response.proposals = result.proposals.map(TaxMapping.response)
         if let model { response.model = model.ref }
         response.note = (notes + result.skipped).joined(separator: "; ")
-        return response
+        return (response, harvest)
     }
 
     // MARK: - Liquidity

@@ -36,7 +36,8 @@ struct KeelServiceTests {
             } catch {
                 #expect(k >= 5, "decision \(k) was refused: \(error)")
                 #expect(error.code == .resourceExhausted)
-                #expect(error.message.contains("5 decisions already wait for an advisor (at most 5)"), "\(error.message)")
+                #expect(error.message.contains("5 decisions already wait for an advisor (the most allowed)"),
+                        "\(error.message)")
             }
         }
         #expect(waiting.count == 5)
@@ -64,6 +65,51 @@ struct KeelServiceTests {
                 #expect(error.code == .invalidArgument && error.message.contains(needle), "\(error.message)")
             }
         }
+    }
+
+    @Test("the pending bound: expired entries free their places at once, and an unrecorded decision gives its place back")
+    func pendingBoundPlaces() async throws {
+        var rules = Self.noApprovals
+        rules.firstRebalance = true
+        rules.maxPending = 2
+        rules.expiry = .milliseconds(300)
+        let f = try Self.fixture(rules: rules)
+        let ids = ["AAA", "BBB", "CCC"]
+        func first(_ account: String) async -> RPCStatusCode {
+            do {
+                return try await f.service.rebalance(Self.rebalanceRequest(instruments: ids, account: account),
+                                                     deadline: Self.deadline()).status == .pendingApproval ? .ok : .unknown
+            } catch {
+                return error.code
+            }
+        }
+        #expect(await first("E1") == .ok)
+        #expect(await first("E2") == .ok)
+        #expect(await first("E3") == .resourceExhausted)
+        // Both expire; nothing has swept them yet, but they no longer hold places.
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(await first("E4") == .ok)
+        #expect(try await f.service.listPending(.init(), deadline: Self.deadline()).pending.count == 1)
+
+        // With the audit trail failing, decisions are not recorded and their places come back.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("keel-pending-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let audit = try AuditLog(path: dir.appendingPathComponent("audit.sqlite").path, durability: .normal)
+        let g = try Self.fixture(audit: audit, rules: rules)
+        audit.close()
+        for k in 0..<4 {
+            do {
+                _ = try await g.service.rebalance(Self.rebalanceRequest(instruments: ids, account: "U\(k)"),
+                                                  deadline: Self.deadline())
+                Issue.record("an unrecorded decision was answered")
+            } catch {
+                #expect(error.code == .unavailable, "\(error)")
+            }
+        }
+        #expect(g.service.approvals.reserve(limit: 2, nowUnixNanos: 0))
+        #expect(g.service.approvals.reserve(limit: 2, nowUnixNanos: 0))
+        #expect(!g.service.approvals.reserve(limit: 2, nowUnixNanos: 0))
     }
 
     /// Approval rules that never trigger (tests of other behaviour).

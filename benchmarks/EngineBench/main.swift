@@ -79,6 +79,10 @@ let engine = RebalanceEngine(config: config)
 // each timed as the best of 20 runs. The default mode's fixed request (seed 42)
 // leaves most caps slack.
 let stagesOnly = ProcessInfo.processInfo.environment["KEEL_BENCH_STAGES"]
+if let stagesOnly, !["1", "handler", "audit"].contains(stagesOnly) {
+    FileHandle.standardError.write(Data("KEEL_BENCH_STAGES must be 1, handler or audit, not '\(stagesOnly)'\n".utf8))
+    exit(64)
+}
 if mandates > 0 && stagesOnly == nil {
     print("engine alone over varied mandates, model \(modelPath) (sha256 \(model.sha256.prefix(12))), blas core "
         + "\(Blas.coreName), best of 20 runs per mandate, history published (market state)")
