@@ -23,9 +23,7 @@ final class ServiceMetrics: Sendable {
         let encode: Metrics.Timer
         let audit: Metrics.Timer
         let ok: Counter
-        private let method: String
-        private let factory: any MetricsFactory
-        private let errors = Mutex<[Int32: Counter]>([:])
+        private let errors: CountersByCode
 
         init(method: RPCMethod, factory: any MetricsFactory) {
             let name = method.name
@@ -40,8 +38,7 @@ final class ServiceMetrics: Sendable {
             audit = timer(.audit)
             ok = Counter(label: "keel_requests_total", dimensions: [("method", name), ("code", "OK")],
                          factory: factory)
-            self.method = name
-            self.factory = factory
+            errors = CountersByCode(label: "keel_requests_total", dimensions: [("method", name)], factory: factory)
         }
 
         func count(_ code: RPCStatusCode) {
@@ -49,14 +46,7 @@ final class ServiceMetrics: Sendable {
                 ok.increment()
                 return
             }
-            let counter = errors.withLock { all in
-                if let c = all[code.rawValue] { return c }
-                let c = Counter(label: "keel_requests_total",
-                                dimensions: [("method", method), ("code", code.description)], factory: factory)
-                all[code.rawValue] = c
-                return c
-            }
-            counter.increment()
+            errors.increment(code)
         }
     }
 
@@ -92,21 +82,37 @@ extension Metrics.Timer {
 /// Thread safety: counters are created on first use per code under a lock.
 public final class TransportErrorMetrics: Sendable {
     public let transport: String
-    private let factory: any MetricsFactory
-    private let counters = Mutex<[Int32: Counter]>([:])
+    private let counters: CountersByCode
 
     /// `factory`: nil uses the bootstrapped `MetricsSystem` (what the server does).
     public init(transport: String, factory: (any MetricsFactory)? = nil) {
         self.transport = transport
-        self.factory = factory ?? MetricsSystem.factory
+        counters = CountersByCode(label: "keel_transport_errors_total", dimensions: [("transport", transport)],
+                                  factory: factory ?? MetricsSystem.factory)
     }
 
-    public func count(_ code: RPCStatusCode) {
-        let counter = counters.withLock { c -> Counter in
-            if let existing = c[code.rawValue] { return existing }
-            let made = Counter(label: "keel_transport_errors_total",
-                               dimensions: [("transport", transport), ("code", code.description)], factory: factory)
-            c[code.rawValue] = made
+    public func count(_ code: RPCStatusCode) { counters.increment(code) }
+}
+
+/// One counter per status code under `label` and `dimensions` plus
+/// `("code", NAME)`, each created on first use under a lock (error paths).
+final class CountersByCode: Sendable {
+    private let label: String
+    private let dimensions: [(String, String)]
+    private let factory: any MetricsFactory
+    private let counters = Mutex<[Int32: Counter]>([:])
+
+    init(label: String, dimensions: [(String, String)], factory: any MetricsFactory) {
+        self.label = label
+        self.dimensions = dimensions
+        self.factory = factory
+    }
+
+    func increment(_ code: RPCStatusCode) {
+        let counter = counters.withLock { all -> Counter in
+            if let existing = all[code.rawValue] { return existing }
+            let made = Counter(label: label, dimensions: dimensions + [("code", code.description)], factory: factory)
+            all[code.rawValue] = made
             return made
         }
         counter.increment()
