@@ -57,9 +57,10 @@ public final class AuditLog: Sendable {
                       checksPayloads: checksPayloads)
     }
 
-    /// As the public initializer, with a smaller queue bound for tests.
+    /// As the public initializer, with a smaller queue bound and WAL
+    /// truncation threshold for tests.
     init(path: String, durability: AuditDurability, maxBatch: Int, maxQueued: Int,
-         checksPayloads: Bool = true) throws(AuditError) {
+         checksPayloads: Bool = true, walTruncateAbove: Int = AuditStore.walSizeLimit) throws(AuditError) {
         self.checksPayloads = checksPayloads
         guard maxBatch >= 1 else { throw AuditError(.invalidArgument, "maxBatch must be at least 1, not \(maxBatch)") }
         guard maxQueued >= 1 else { throw AuditError(.invalidArgument, "maxQueued must be at least 1, not \(maxQueued)") }
@@ -76,7 +77,7 @@ public final class AuditLog: Sendable {
         } catch {
             throw AuditStore.auditError(path, error, doing: "cannot configure checkpoints")
         }
-        checkpointer = try Checkpointer(path: path, durability: durability)
+        checkpointer = try Checkpointer(path: path, durability: durability, truncateAbove: walTruncateAbove)
         writer = Writer(database: database, path: path, head: head, maxBatch: maxBatch, maxQueued: maxQueued)
         writer.start()
         checkpointer.start()
@@ -239,8 +240,9 @@ final class Checkpointer: Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let started = Mutex(false)
 
-    init(path: String, durability: AuditDurability) throws(AuditError) {
+    init(path: String, durability: AuditDurability, truncateAbove: Int = AuditStore.walSizeLimit) throws(AuditError) {
         self.path = path
+        self.truncateAbove = truncateAbove
         busyInterval = durability == .normal ? .milliseconds(10) : Self.idleInterval
         database = try AuditStore.open(path: path, readonly: false, durability: durability)
     }
@@ -287,6 +289,24 @@ final class Checkpointer: Sendable {
     /// Whether the thread runs under SCHED_IDLE; nil until it started (tests).
     let inBackground = Mutex<Bool?>(nil)
 
+    /// Above this many bytes the WAL file is truncated once the log is idle.
+    let truncateAbove: Int
+
+    /// The WAL file's size in bytes (0 when there is none).
+    private func walBytes() -> Int {
+        let attributes = try? FileManager.default.attributesOfItem(atPath: path + "-wal")
+        return (attributes?[.size] as? NSNumber)?.intValue ?? 0
+    }
+
+    /// Cuts the WAL file back to nothing (TRUNCATE: every frame is copied
+    /// first). Only called when a pass found nothing new: the writer is
+    /// idle, and a commit that arrives meanwhile waits for the truncation
+    /// only (milliseconds), once after a burst, instead of each WAL restart
+    /// paying for it as SQLite's journal_size_limit would.
+    private func truncateWAL() {
+        _ = try? database.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+    }
+
     private func run() {
         let background = Self.runInBackground()
         inBackground.withLock { $0 = background }
@@ -295,7 +315,9 @@ final class Checkpointer: Sendable {
         while !stopping.withLock({ $0 }) {
             _ = wake.wait(timeout: .now() + interval)
             let now = checkpoint()
-            interval = Self.isBusy(previous: last, now: now) ? busyInterval : Self.idleInterval
+            let busy = Self.isBusy(previous: last, now: now)
+            if !busy, now != nil, walBytes() > truncateAbove { truncateWAL() }
+            interval = busy ? busyInterval : Self.idleInterval
             last = now
         }
         try? database.close()

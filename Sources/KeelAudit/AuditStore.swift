@@ -19,7 +19,8 @@ enum AuditStore {
     static let schemaVersion = 1
     /// `meta.format` of every Keel audit log.
     static let formatName = "keel-audit"
-    /// `journal_size_limit` of writing connections, in bytes.
+    /// A WAL file larger than this is truncated by the checkpointer once
+    /// the log is idle (`Checkpointer`); the writer never truncates it.
     static let walSizeLimit = 64 << 20
     /// `prev_hash` of record 1.
     static let genesisHash = String(repeating: "0", count: 64)
@@ -228,9 +229,10 @@ enum AuditStore {
                     throw DatabaseError(resultCode: .SQLITE_ERROR, message: "cannot switch the journal to WAL mode")
                 }
                 try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
-                // A WAL grown under sustained load is cut back to this size
-                // when it next restarts (SQLite otherwise keeps its largest size).
-                try db.execute(sql: "PRAGMA journal_size_limit = \(walSizeLimit)")
+                // No journal_size_limit: with one, the writer truncates a grown
+                // WAL inside the transaction that restarts it, and that
+                // ftruncate stalled the commit (25 ms seen under strace at
+                // 1,000 decisions/s). The checkpointer truncates it when idle.
             }
         }
         var isDirectory: ObjCBool = false

@@ -278,10 +278,44 @@ struct AuditLogTests {
         #expect(try log.pragma("journal_mode") == "wal")
         // PRAGMA synchronous: 1 = NORMAL, 2 = FULL.
         #expect(try log.pragma("synchronous") == (durability == .full ? "2" : "1"))
-        // A WAL grown under load is cut back when it restarts.
-        #expect(try log.pragma("journal_size_limit") == String(AuditStore.walSizeLimit))
+        // The writer never truncates the WAL (the checkpointer does, when idle).
+        #expect(try log.pragma("journal_size_limit") == "-1")
         try fill(log, count: 2)
         log.close()
+    }
+
+    @Test("a WAL grown past the threshold is truncated once the log is idle, and the chain still verifies")
+    func idleTruncation() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path, durability: .normal, maxBatch: 1, maxQueued: 1024,
+                               walTruncateAbove: 256 << 10)
+        func walBytes() -> Int {
+            ((try? FileManager.default.attributesOfItem(atPath: path + "-wal"))?[.size] as? NSNumber)?.intValue ?? 0
+        }
+        // One record per transaction, 8 KB each: a few MB of WAL at once.
+        var record = Records.decisionRecord(account: "A", decision: "D")
+        record.response.summary = String(repeating: "x", count: 8 << 10)
+        let payload: [UInt8] = try record.serializedBytes()
+        var peak = 0
+        for k in 0..<400 {
+            _ = try log.appendAndWait(AuditEntry(kind: .decision, accountID: "A\(k % 7)", decisionID: "D\(k)",
+                                                 payload: payload))
+            peak = max(peak, walBytes())
+        }
+        #expect(peak > 1 << 20, "the WAL grew to \(peak) bytes")
+        // Idle: the checkpointer's passes find nothing new and cut the file back.
+        var now = walBytes()
+        for _ in 0..<100 where now > 256 << 10 {
+            try await Task.sleep(for: .milliseconds(50))
+            now = walBytes()
+        }
+        #expect(now <= 256 << 10, "the WAL is still \(now) bytes")
+        // Appends continue on the truncated WAL; the chain is whole.
+        _ = try log.appendAndWait(AuditEntry(kind: .decision, accountID: "A", decisionID: "after", payload: payload))
+        log.close()
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == 401 && verification.firstBroken == nil)
     }
 
     #if os(Linux)
