@@ -303,8 +303,17 @@ final class Checkpointer: Sendable {
     /// idle, and a commit that arrives meanwhile waits for the truncation
     /// only (milliseconds), once after a burst, instead of each WAL restart
     /// paying for it as SQLite's journal_size_limit would.
+    ///
+    /// Without a busy wait: a pass that finds the writer, or a reader of an
+    /// older snapshot (`keel audit export` on the live file), gives up at
+    /// once and is tried at the next idle pass, instead of holding the
+    /// writer's lock for up to the connection's 5 s busy timeout.
     private func truncateWAL() {
-        _ = try? database.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+        _ = try? database.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA busy_timeout = 0")
+            defer { try? db.execute(sql: "PRAGMA busy_timeout = 5000") }
+            try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)")
+        }
     }
 
     private func run() {

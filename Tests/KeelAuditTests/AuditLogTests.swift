@@ -271,6 +271,37 @@ struct AuditLogTests {
         log.close()
     }
 
+    @Test("a reader holding an old snapshot delays the idle truncation, never the writer")
+    func truncationDoesNotWaitForReaders() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path, durability: .normal, maxBatch: 1, maxQueued: 1024,
+                               walTruncateAbove: 64 << 10)
+        var record = Records.decisionRecord(account: "A", decision: "D")
+        record.response.summary = String(repeating: "y", count: 4 << 10)
+        let payload: [UInt8] = try record.serializedBytes()
+        for k in 0..<100 {
+            _ = try log.appendAndWait(AuditEntry(kind: .decision, accountID: "A", decisionID: "D\(k)", payload: payload))
+        }
+        // A reader (an export, say) holds its snapshot for 1.5 s from now.
+        let reader = try DatabaseQueue(path: path, configuration: { var c = Configuration(); c.readonly = true; return c }())
+        let holding = Task.detached {
+            try reader.read { db in
+                _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM audit_records")
+                Thread.sleep(forTimeInterval: 1.5)
+            }
+        }
+        // Idle passes try to truncate meanwhile; an append must not wait for the reader.
+        try await Task.sleep(for: .milliseconds(500))
+        let clock = ContinuousClock()
+        let start = clock.now
+        _ = try log.appendAndWait(AuditEntry(kind: .decision, accountID: "A", decisionID: "during", payload: payload))
+        #expect(clock.now - start < .milliseconds(700), "the append waited \(clock.now - start)")
+        try await holding.value
+        log.close()
+        #expect(try AuditReader.verify(path: path).records == 101)
+    }
+
     @Test("WAL mode and the synchronous level follow the durability", arguments: AuditDurability.allCases)
     func pragmas(durability: AuditDurability) throws {
         let scratch = try ScratchDirectory()
