@@ -271,15 +271,22 @@ struct AuditLogTests {
         log.close()
     }
 
+    /// A log that commits one record per transaction and truncates its idle
+    /// WAL above `truncateAbove` bytes, and a decision payload of about
+    /// `recordBytes`.
+    static func smallWALLog(path: String, truncateAbove: Int, recordBytes: Int) throws -> (AuditLog, [UInt8]) {
+        let log = try AuditLog(path: path, durability: .normal, maxBatch: 1, maxQueued: 1024,
+                               walTruncateAbove: truncateAbove)
+        var record = Records.decisionRecord(account: "A", decision: "D")
+        record.response.summary = String(repeating: "x", count: recordBytes)
+        return (log, try record.serializedBytes())
+    }
+
     @Test("a reader holding an old snapshot delays the idle truncation, never the writer")
     func truncationDoesNotWaitForReaders() async throws {
         let scratch = try ScratchDirectory()
         let path = scratch.path("audit.db")
-        let log = try AuditLog(path: path, durability: .normal, maxBatch: 1, maxQueued: 1024,
-                               walTruncateAbove: 64 << 10)
-        var record = Records.decisionRecord(account: "A", decision: "D")
-        record.response.summary = String(repeating: "y", count: 4 << 10)
-        let payload: [UInt8] = try record.serializedBytes()
+        let (log, payload) = try Self.smallWALLog(path: path, truncateAbove: 64 << 10, recordBytes: 4 << 10)
         for k in 0..<100 {
             _ = try log.appendAndWait(AuditEntry(kind: .decision, accountID: "A", decisionID: "D\(k)", payload: payload))
         }
@@ -319,15 +326,11 @@ struct AuditLogTests {
     func idleTruncation() async throws {
         let scratch = try ScratchDirectory()
         let path = scratch.path("audit.db")
-        let log = try AuditLog(path: path, durability: .normal, maxBatch: 1, maxQueued: 1024,
-                               walTruncateAbove: 256 << 10)
+        let (log, payload) = try Self.smallWALLog(path: path, truncateAbove: 256 << 10, recordBytes: 8 << 10)
         func walBytes() -> Int {
             ((try? FileManager.default.attributesOfItem(atPath: path + "-wal"))?[.size] as? NSNumber)?.intValue ?? 0
         }
         // One record per transaction, 8 KB each: a few MB of WAL at once.
-        var record = Records.decisionRecord(account: "A", decision: "D")
-        record.response.summary = String(repeating: "x", count: 8 << 10)
-        let payload: [UInt8] = try record.serializedBytes()
         var peak = 0
         for k in 0..<400 {
             _ = try log.appendAndWait(AuditEntry(kind: .decision, accountID: "A\(k % 7)", decisionID: "D\(k)",
