@@ -218,15 +218,16 @@ public struct RebalanceEngine: Sendable {
                                                    maxVol: maxVol, volRule: volRule, volBefore: volBefore)
             return (candidate, candidateChecks, candidateChecks.filter { !$0.passed })
         }
+        func conflictText(_ failures: [ComplianceCheck]) -> [String] {
+            failures.map { "\($0.rule) cannot hold with \(forcedRules.joined(separator: ", ")): \($0.detail)" }
+        }
         var found: (k: Int, plan: Plan, checks: [ComplianceCheck])? = nil
         let first = attempt(0)
         if first.failures.isEmpty {
             found = (0, first.plan, first.checks)
         } else if alpha == 0 {
             // Every k gives the same point: nothing else to try.
-            conflicts = first.failures.map {
-                "\($0.rule) cannot hold with \(forcedRules.joined(separator: ", ")): \($0.detail)"
-            }
+            conflicts = conflictText(first.failures)
         } else {
             let last = attempt(16)
             if last.failures.isEmpty {
@@ -242,11 +243,7 @@ public struct RebalanceEngine: Sendable {
                     let result = attempt(k)
                     if result.failures.isEmpty { found = (k, result.plan, result.checks); break }
                 }
-                if found == nil {
-                    conflicts = last.failures.map {
-                        "\($0.rule) cannot hold with \(forcedRules.joined(separator: ", ")): \($0.detail)"
-                    }
-                }
+                if found == nil { conflicts = conflictText(last.failures) }
             }
         }
         var plan: Plan? = nil

@@ -299,13 +299,9 @@ public final class KeelService: RequestHandler {
     {
         let m = metrics[.rebalance]
         let arrived = ContinuousClock.now
-        let (decided, record, pending, harvest) = try await gate.run(deadline: deadline) {
+        let (decided, record, pending, harvest) = try await gated(.rebalance, deadline: deadline, arrived: arrived) {
             () throws(RPCStatus) -> (Keel_V1_RebalanceResponse, Keel_V1_DecisionRecord?, PendingPlan?, Harvest?) in
-            let start = ContinuousClock.now
-            m.queue.record(from: arrived, to: start)
-            let result = try self.rebalanceNow(request, bytes: bytes, arrived: arrived)
-            m.inference.record(from: start, to: .now)
-            return result
+            try self.rebalanceNow(request, bytes: bytes, arrived: arrived)
         }
         var response = decided
         let account = request.portfolio.accountID
@@ -1040,14 +1036,15 @@ public final class KeelService: RequestHandler {
 
     // MARK: - Helpers
 
-    /// Runs a compute method's body (HarvestTaxLosses, ForecastLiquidity) in
-    /// a slot of the gate, as Rebalance's: the queue bound, the deadline and
-    /// draining apply, and its queue wait and work are timed.
+    /// Runs a compute method's body (Rebalance, HarvestTaxLosses,
+    /// ForecastLiquidity) in a slot of the gate: the queue bound, the
+    /// deadline and draining apply, and its queue wait (from `arrived`) and
+    /// its work are timed.
     private func gated<T>(_ method: RPCMethod, deadline: ContinuousClock.Instant,
+                          arrived: ContinuousClock.Instant = .now,
                           _ body: () throws(RPCStatus) -> T) async throws(RPCStatus) -> T
     {
         let m = metrics[method]
-        let arrived = ContinuousClock.now
         return try await gate.run(deadline: deadline) { () throws(RPCStatus) -> T in
             let start = ContinuousClock.now
             m.queue.record(from: arrived, to: start)
