@@ -118,7 +118,13 @@ public final class KeelServerRunner: Sendable {
         let maxBytes = config.maxMessageBytes
         let transport = HTTP2ServerTransport.Posix(
             address: address, transportSecurity: .plaintext,
-            config: .defaults { $0.rpc.maxRequestPayloadSize = maxBytes })
+            config: .defaults {
+                $0.rpc.maxRequestPayloadSize = maxBytes
+                // grpc-swift holds each flush up to 100 us to batch writes; a
+                // unary answer then waits for the timer. Off: measured 100 to
+                // 170 us lower p50 at 500/s (benchmarks/RESULTS.md, eighth pass).
+                $0.connection.flushCoalescing = nil
+            })
         let grpcServer = GRPCServer(
             transport: transport,
             services: [KeelGRPCServices(handler: service, defaultDeadline: config.defaultDeadline,
