@@ -1,5 +1,7 @@
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import KeelFramedTransport
+import NIOPosix
 import KeelAPI
 import KeelServing
 import SwiftProtobuf
@@ -17,6 +19,13 @@ import SwiftProtobuf
 public final class GRPCUnaryClient: UnaryClient {
     private let client: GRPCClient<HTTP2ClientTransport.Posix>
     private let connections: Task<Void, Never>
+    /// One event loop, shared by every gRPC client in the process (like NIO's
+    /// singletons, never shut down), whose calls run on it as their task
+    /// executor: a call's request, stream and answer then stay on one thread
+    /// instead of hopping to the global pool between steps (8 to 10 % less
+    /// client CPU per call; RESULTS.md, eighth pass).
+    static let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    static let executor = EventLoopTaskExecutor(loops.next())
 
     /// Creates the client and starts connecting in the background; the first
     /// call waits for the connection. A host containing `:` is taken as an
@@ -29,13 +38,15 @@ public final class GRPCUnaryClient: UnaryClient {
                 transportSecurity: .plaintext,
                 // No flush coalescing: a request is written at once rather
                 // than held up to 100 us for company (as the server does).
-                config: .defaults { $0.connection.flushCoalescing = nil })
+                config: .defaults { $0.connection.flushCoalescing = nil },
+                eventLoopGroup: Self.loops)
         } catch {
             throw RPCStatus(.unavailable, "cannot create a gRPC transport to \(host):\(port): \(error)")
         }
         let client = GRPCClient(transport: transport)
         self.client = client
-        self.connections = Task { try? await client.runConnections() }
+        let executor = Self.executor
+        self.connections = Task { await withTaskExecutorPreference(executor) { try? await client.runConnections() } }
     }
 
     private static func target(host: String, port: Int) -> any ResolvableTarget {
@@ -84,13 +95,16 @@ public final class GRPCUnaryClient: UnaryClient {
                     options: options
                 ) { response in try response.message }
             }
-            return try await client.unary(
-                request: ClientRequest(message: request),
-                descriptor: descriptor,
-                serializer: RawBytesSerializer(),
-                deserializer: RawBytesDeserializer(),
-                options: options
-            ) { response in try response.message }
+            let client = self.client
+            return try await withTaskExecutorPreference(Self.executor) {
+                try await client.unary(
+                    request: ClientRequest(message: request),
+                    descriptor: descriptor,
+                    serializer: RawBytesSerializer(),
+                    deserializer: RawBytesDeserializer(),
+                    options: options
+                ) { response in try response.message }
+            }
         } catch {
             throw Self.status(from: error)
         }

@@ -51,7 +51,11 @@ struct KeelGRPCServices: RegistrableRPCService {
                     transportErrors.count(.resourceExhausted)
                     return StreamingServerResponse(of: [UInt8].self, error: RPCError(budget.refusal(body.count)))
                 }
-                let result = await handler.handle(method, request: body, deadline: deadline)
+                // The call's task runs on the gRPC event loop (KeelServerRunner);
+                // the handler's work (decode, engine, audit) goes to the pool.
+                let result = await withTaskExecutorPreference(globalConcurrentExecutor) {
+                    await handler.handle(method, request: body, deadline: deadline)
+                }
                 budget.give(body.count)
                 switch result {
                 case .success where ContinuousClock.now > deadline:
