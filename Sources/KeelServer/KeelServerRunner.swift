@@ -115,32 +115,19 @@ public final class KeelServerRunner: Sendable {
 
         let address: GRPCNIOTransportCore.SocketAddress = host.contains(":")
             ? .ipv6(host: host, port: config.grpcPort) : .ipv4(host: host, port: config.grpcPort)
-        let maxBytes = config.maxMessageBytes
-        // gRPC gets its own event loop, and its tasks prefer it (below): a
-        // call's HTTP/2 work stays on that thread instead of hopping to the
-        // global pool and back at each step (half the context switches and
-        // 15 % less server CPU per call; RESULTS.md, eighth pass).
-        let grpcLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let transport = HTTP2ServerTransport.Posix(
-            address: address, transportSecurity: .plaintext,
-            config: .defaults {
-                $0.rpc.maxRequestPayloadSize = maxBytes
-                // grpc-swift holds each flush up to 100 us to batch writes; a
-                // unary answer then waits for the timer. Off: measured 100 to
-                // 170 us lower p50 at 500/s (benchmarks/RESULTS.md, eighth pass).
-                $0.connection.flushCoalescing = nil
-            }, eventLoopGroup: grpcLoops)
-        let grpcServer = GRPCServer(
-            transport: transport,
+        let grpc = GRPCServing(
+            address: address, maxRequestBytes: config.maxMessageBytes,
             services: [KeelGRPCServices(handler: service, defaultDeadline: config.defaultDeadline,
                                         maxRequestBytes: config.maxMessageBytes,
                                         isShuttingDown: { gate.isDraining },
                                         budget: PayloadBudget(limit: config.maxInFlightBytes))])
+        let transport = grpc.transport
+        let grpcServer = grpc.server
+        let grpcLoops = grpc.loops
         let grpcLogger = logger
-        let grpcExecutor = EventLoopTaskExecutor(grpcLoops.next())
         let grpcTask = Task {
             do {
-                try await withTaskExecutorPreference(grpcExecutor) { try await grpcServer.serve() }
+                try await grpc.serve()
             } catch {
                 grpcLogger.error("gRPC server stopped", metadata: ["error": "\(error)"])
             }
@@ -183,6 +170,38 @@ public final class KeelServerRunner: Sendable {
                              grpcServer: grpcServer, grpcTask: grpcTask, grpcLoops: grpcLoops,
                              metricsChannel: metricsChannel,
                              watcher: watcher, logger: logger)
+    }
+}
+
+/// The gRPC server as `keel serve` runs it. It has its own one-thread event
+/// loop, and ``serve()`` makes that loop the preferred executor of the
+/// server's tasks: a call's HTTP/2 work then stays on that thread instead of
+/// hopping to the global pool and back at each step (half the context
+/// switches, 15 % less server CPU per call; RESULTS.md, eighth pass). The
+/// handlers run on the global pool (`KeelGRPCServices`), never on the loop.
+/// Shut ``loops`` down once ``serve()`` has returned.
+struct GRPCServing: Sendable {
+    let loops: MultiThreadedEventLoopGroup
+    let transport: HTTP2ServerTransport.Posix
+    let server: GRPCServer<HTTP2ServerTransport.Posix>
+
+    init(address: GRPCNIOTransportCore.SocketAddress, maxRequestBytes: Int, services: [any RegistrableRPCService]) {
+        loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        transport = HTTP2ServerTransport.Posix(
+            address: address, transportSecurity: .plaintext,
+            config: .defaults {
+                $0.rpc.maxRequestPayloadSize = maxRequestBytes
+                // grpc-swift holds each flush up to 100 us to batch writes; a
+                // unary answer then waits for the timer. Off: 100 to 170 us
+                // lower p50 at 500/s (RESULTS.md, eighth pass).
+                $0.connection.flushCoalescing = nil
+            }, eventLoopGroup: loops)
+        server = GRPCServer(transport: transport, services: services)
+    }
+
+    func serve() async throws {
+        let server = self.server
+        try await withTaskExecutorPreference(EventLoopTaskExecutor(loops.next())) { try await server.serve() }
     }
 }
 

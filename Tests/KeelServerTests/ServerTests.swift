@@ -11,6 +11,7 @@ import KeelClient
 import KeelPortfolio
 import KeelServing
 import Logging
+import NIOPosix
 import Testing
 
 /// The whole server on loopback (port 0 everywhere), driven through both
@@ -297,8 +298,37 @@ private struct SlowHandler: RequestHandler {
     }
 }
 
+/// Answers 1 when called on a NIO event loop thread, 0 otherwise.
+private struct WhereHandler: RequestHandler {
+    func handle(_ method: RPCMethod, request: [UInt8], deadline: ContinuousClock.Instant) async
+        -> Result<[UInt8], RPCStatus>
+    {
+        .success([MultiThreadedEventLoopGroup.currentEventLoop == nil ? 0 : 1])
+    }
+}
+
 @Suite("gRPC bridge")
 struct GRPCBridgeTests {
+    @Test("served as keel serve does (tasks preferring the gRPC event loop), the handler still runs off every loop",
+          arguments: [RPCMethod.rebalance, .listModels])
+    func handlerRunsOffTheEventLoop(_ method: RPCMethod) async throws {
+        let grpc = GRPCServing(
+            address: .ipv4(host: "127.0.0.1", port: 0), maxRequestBytes: 1 << 20,
+            services: [KeelGRPCServices(handler: WhereHandler(), defaultDeadline: .seconds(1),
+                                        maxRequestBytes: 1 << 20, isShuttingDown: { false },
+                                        budget: PayloadBudget(limit: 1 << 30))])
+        let serving = Task { try await grpc.serve() }
+        let port = try #require(try await grpc.transport.listeningAddress.ipv4?.port)
+        let client = try GRPCUnaryClient(host: "127.0.0.1", port: port)
+        for _ in 0..<20 {
+            #expect(try await client.call(method, request: [], timeout: .seconds(5)) == [0])
+        }
+        await client.close()
+        grpc.server.beginGracefulShutdown()
+        _ = try? await serving.value
+        try await grpc.loops.shutdownGracefully()
+    }
+
     @Test("an answer ready after the server's default deadline is DEADLINE_EXCEEDED, on a light method too",
           arguments: [RPCMethod.listModels, .rebalance])
     func lateAnswerIsReplaced(_ method: RPCMethod) async throws {
