@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import GRDB
+import GRDBSQLite
 import Synchronization
 
 /// The append-only, hash-chained audit log of one SQLite file (docs/AUDIT.md).
@@ -35,6 +36,8 @@ public final class AuditLog: Sendable {
     private let checkpointer: Checkpointer
     /// Most records per transaction.
     public let maxBatch: Int
+    /// Bytes of WAL in use above which the writer restarts it under load.
+    public let walLimit: Int
 
     private let writer: Writer
 
@@ -51,19 +54,50 @@ public final class AuditLog: Sendable {
     /// A caller that encodes its records itself from the generated messages,
     /// as the server does, may turn it off to save the decode on its request
     /// path; `AuditReader.verify` decodes every payload either way.
+    ///
+    /// `walLimit`: bytes of WAL in use above which the writer restarts the
+    /// WAL between two batches even while records keep arriving (see
+    /// ``defaultWALLimit``); at least ``minimumWALLimit``. `onWALRestart`, if
+    /// given, is told of each such restart (on the writer thread: keep it
+    /// short) with how long the commits waited for it and the WAL's size.
     public convenience init(path: String, durability: AuditDurability = .full, maxBatch: Int = 1024,
-                            checksPayloads: Bool = true) throws(AuditError) {
+                            checksPayloads: Bool = true, walLimit: Int = AuditLog.defaultWALLimit,
+                            onWALRestart: (@Sendable (_ waited: Duration, _ walBytes: Int) -> Void)? = nil)
+        throws(AuditError)
+    {
         try self.init(path: path, durability: durability, maxBatch: maxBatch, maxQueued: Self.maxQueued,
-                      checksPayloads: checksPayloads)
+                      checksPayloads: checksPayloads, walLimit: walLimit, onWALRestart: onWALRestart)
     }
+
+    /// The default ``init(path:durability:maxBatch:checksPayloads:walLimit:)``
+    /// `walLimit`: 4 GiB. Under load that never pauses, the checkpointer
+    /// copies the WAL into the database but SQLite can only start the WAL
+    /// over between two commits once every frame is copied, which new commits
+    /// keep preventing, so the WAL would grow by the size of every record
+    /// (74 MB/s at 2,000 decisions/s of 100 assets) until the load eases.
+    /// Past the limit the writer itself checkpoints with RESTART between two
+    /// batches: the commits queued meanwhile wait for it (the last frames'
+    /// copy and the syncs: 105 and 316 ms at 2,000 decisions/s on the
+    /// development machine's disk, benchmarks/RESULTS.md), and the WAL is
+    /// reused from its beginning instead of growing. The default leaves a
+    /// minute of that load between two stalls.
+    public static let defaultWALLimit = 4 << 30
+    /// The smallest `walLimit` accepted: 1 MiB.
+    public static let minimumWALLimit = 1 << 20
 
     /// As the public initializer, with a smaller queue bound and WAL
     /// truncation threshold for tests.
     init(path: String, durability: AuditDurability, maxBatch: Int, maxQueued: Int,
-         checksPayloads: Bool = true, walTruncateAbove: Int = AuditStore.walSizeLimit) throws(AuditError) {
+         checksPayloads: Bool = true, walTruncateAbove: Int = AuditStore.walSizeLimit,
+         walLimit: Int = AuditLog.defaultWALLimit,
+         onWALRestart: (@Sendable (_ waited: Duration, _ walBytes: Int) -> Void)? = nil) throws(AuditError) {
         self.checksPayloads = checksPayloads
         guard maxBatch >= 1 else { throw AuditError(.invalidArgument, "maxBatch must be at least 1, not \(maxBatch)") }
         guard maxQueued >= 1 else { throw AuditError(.invalidArgument, "maxQueued must be at least 1, not \(maxQueued)") }
+        guard walLimit >= Self.minimumWALLimit else {
+            throw AuditError(.invalidArgument, "walLimit must be at least \(Self.minimumWALLimit) bytes, not \(walLimit)")
+        }
+        self.walLimit = walLimit
         self.path = path
         self.durability = durability
         self.maxBatch = maxBatch
@@ -78,7 +112,8 @@ public final class AuditLog: Sendable {
             throw AuditStore.auditError(path, error, doing: "cannot configure checkpoints")
         }
         checkpointer = try Checkpointer(path: path, durability: durability, truncateAbove: walTruncateAbove)
-        writer = Writer(database: database, path: path, head: head, maxBatch: maxBatch, maxQueued: maxQueued)
+        writer = try Writer(database: database, path: path, head: head, maxBatch: maxBatch, maxQueued: maxQueued,
+                            walLimit: walLimit, onWALRestart: onWALRestart)
         writer.start()
         checkpointer.start()
     }
@@ -165,6 +200,8 @@ public final class AuditLog: Sendable {
     func resumeWriter() { writer.setPaused(false) }
     /// Entries waiting for the writer.
     var queuedCount: Int { writer.queuedCount }
+    /// WAL restarts the writer has done past ``walLimit`` (tests).
+    var walRestarts: Int { writer.walRestarts }
     /// Whether the checkpoint thread runs under SCHED_IDLE; nil until it has
     /// started (tests).
     var checkpointerInBackground: Bool? { checkpointer.inBackground.withLock { $0 } }
@@ -376,6 +413,7 @@ private final class Writer: Sendable {
         var writerIdle = false
         var closing = false
         var paused = false
+        var walRestarts = 0
         var transactionCount = 0
         /// nil until ``accountsWithDecisions()`` first reads them.
         var accounts: Set<String>?
@@ -390,12 +428,46 @@ private final class Writer: Sendable {
     /// Signalled once the thread has exited; waiters re-signal it.
     private let finished = DispatchSemaphore(value: 0)
 
-    init(database: DatabaseQueue, path: String, head: Head, maxBatch: Int, maxQueued: Int) {
+    /// Frames in the WAL after the last commit, from SQLite's WAL hook.
+    final class WALFrames: Sendable {
+        let count = Atomic<Int>(0)
+    }
+    private let walFrames = WALFrames()
+    /// ``AuditLog/walLimit`` in frames.
+    let walLimitFrames: Int
+    /// Touched by the writer thread only.
+    nonisolated(unsafe) private var nextRestartAttempt = 0
+
+    private let onWALRestart: (@Sendable (_ waited: Duration, _ walBytes: Int) -> Void)?
+    private let frameBytes: Int
+
+    init(database: DatabaseQueue, path: String, head: Head, maxBatch: Int, maxQueued: Int,
+         walLimit: Int, onWALRestart: (@Sendable (_ waited: Duration, _ walBytes: Int) -> Void)?) throws(AuditError) {
+        self.onWALRestart = onWALRestart
         self.database = database
         self.path = path
         self.maxBatch = maxBatch
         self.maxQueued = maxQueued
         state = Mutex(State(head: head))
+        // SQLite calls the WAL hook after every commit with the WAL's size in
+        // frames (each one page and a 24-byte header). Installed after
+        // `wal_autocheckpoint = 0`, which clears the hook slot.
+        let frames = walFrames
+        do {
+            frameBytes = try database.writeWithoutTransaction { db -> Int in
+                let pageSize = try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 4096
+                sqlite3_wal_hook(db.sqliteConnection, { context, _, _, pages in
+                    guard let context else { return SQLITE_OK }
+                    Unmanaged<WALFrames>.fromOpaque(context).takeUnretainedValue()
+                        .count.store(Int(pages), ordering: .relaxed)
+                    return SQLITE_OK
+                }, Unmanaged.passUnretained(frames).toOpaque())
+                return pageSize + 24
+            }
+        } catch {
+            throw AuditStore.auditError(path, error, doing: "cannot install the WAL hook")
+        }
+        walLimitFrames = max(1, walLimit / frameBytes)
     }
 
     func start() {
@@ -408,6 +480,8 @@ private final class Writer: Sendable {
     var headHash: String { state.withLock { $0.head.hash } }
     var transactionCount: Int { state.withLock { $0.transactionCount } }
     var queuedCount: Int { state.withLock { $0.queue.count } }
+    var walRestarts: Int { state.withLock { $0.walRestarts } }
+
 
     func enqueue(_ entry: AuditEntry, _ complete: @escaping Completion) throws(AuditError) {
         let signal = try state.withLock { (s: inout State) throws(AuditError) -> Bool in
@@ -470,13 +544,45 @@ private final class Writer: Sendable {
                 return .sleep
             }
             switch next {
-            case .batch(let batch): commit(batch)
+            case .batch(let batch):
+                commit(batch)
+                // Load that never pauses never lets the WAL start over by
+                // itself (the checkpointer copies frames while new ones keep
+                // coming): past the limit, restart it here, between two batches.
+                let frames = walFrames.count.load(ordering: .relaxed)
+                if frames > walLimitFrames, frames >= nextRestartAttempt { restartWAL(frames: frames) }
             case .sleep: wake.wait()
             case .exit:
                 try? database.close()
                 finished.signal()
                 return
             }
+        }
+    }
+
+    /// Copies the rest of the WAL into the database and lets the next commit
+    /// write the WAL from its beginning (`wal_checkpoint(RESTART)` on this
+    /// connection, between two batches: no commit can land meanwhile, which is
+    /// what a checkpoint from another thread cannot get under steady load).
+    /// Without a busy wait: when the checkpointer's pass or a reader of an
+    /// older snapshot holds the WAL, it gives up at once, and the checkpointer
+    /// asks again after its next pass.
+    /// After a failed attempt the next one waits until the WAL has grown by
+    /// another eighth of the limit.
+    private func restartWAL(frames: Int) {
+        let start = ContinuousClock.now
+        let restarted = try? database.writeWithoutTransaction { db -> Bool in
+            try db.execute(sql: "PRAGMA busy_timeout = 0")
+            defer { try? db.execute(sql: "PRAGMA busy_timeout = 5000") }
+            guard let row = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(RESTART)") else { return false }
+            return (row[0] as Int64?) == 0
+        }
+        if restarted == true {
+            nextRestartAttempt = 0
+            state.withLock { $0.walRestarts += 1 }
+            onWALRestart?(ContinuousClock.now - start, frames * frameBytes)
+        } else {
+            nextRestartAttempt = frames + max(1, walLimitFrames / 8)
         }
     }
 

@@ -65,6 +65,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("audit-sync"), help: "Audit durability: full (default; survives power loss) or normal.")
     var auditSync: String?
 
+    @Option(name: .customLong("audit-wal-max-bytes"),
+            help: "Audit WAL bytes in use past which it is restarted even under load, stalling commits (default 4 GiB).")
+    var auditWalMaxBytes: Int?
+
     @Option(name: .customLong("approval-expiry-minutes"), help: "How long a pending decision waits (default 1440).")
     var approvalExpiryMinutes: Int?
 
@@ -113,6 +117,7 @@ struct ServeCommand: AsyncParsableCommand {
             ("maxQueuedRequests", maxQueuedRequests.map(String.init)),
             ("modelPollIntervalMs", modelPollIntervalMs.map(String.init)),
             ("auditDb", auditDb), ("auditSync", auditSync),
+            ("auditWalMaxBytes", auditWalMaxBytes.map(String.init)),
             ("approvalExpiryMinutes", approvalExpiryMinutes.map(String.init)),
             ("approvalTurnoverAbove", approvalTurnoverAbove), ("approvalOrderShareAbove", approvalOrderShareAbove),
             ("approvalVolatilityRiseAbove", approvalVolatilityRiseAbove),

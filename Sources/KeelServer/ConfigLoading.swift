@@ -26,6 +26,8 @@ extension ServerConfig {
         ("blasThreads", "KEEL_BLAS_THREADS", "OpenBLAS threads per product"),
         ("auditDb", "KEEL_AUDIT_DB", "SQLite audit trail file"),
         ("auditSync", "KEEL_AUDIT_SYNC", "audit durability: full or normal"),
+        ("auditWalMaxBytes", "KEEL_AUDIT_WAL_MAX_BYTES",
+         "audit WAL bytes in use past which it is restarted even under load (a stall of up to hundreds of ms)"),
         ("approvalExpiryMinutes", "KEEL_APPROVAL_EXPIRY_MINUTES", "how long a pending decision waits"),
         ("approvalTurnoverAbove", "KEEL_APPROVAL_TURNOVER_ABOVE",
          "approval when one-way turnover exceeds this fraction of the portfolio, or off"),
@@ -103,6 +105,7 @@ extension ServerConfig {
                 throw ConfigError("\(source) must be full or normal, got '\(text)'")
             }
             auditSync = text
+        case "auditWalMaxBytes": auditWALMaxBytes = try int((1 << 20)...(1 << 50))
         case "approvalExpiryMinutes": approvalExpiry = .seconds(60 * (try int(1...525_600)))
         case "approvalTurnoverAbove": approvalRules.turnoverAbove = try fractionOrOff()
         case "approvalOrderShareAbove": approvalRules.orderShareAbove = try fractionOrOff()

@@ -7,6 +7,7 @@ import KeelAudit
 import KeelPortfolio
 import KeelServing
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -81,8 +82,15 @@ public final class KeelServerRunner: Sendable {
         do throws(AuditError) {
             // The service encodes its records from the generated messages itself:
             // no decode-to-check on the request path (verify decodes them all).
+            let auditLogger = Logger(label: "keel.audit")
+            let walRestarts = Counter(label: "keel_audit_wal_restarts_total")
             audit = try AuditLog(path: config.auditDatabase, durability: config.auditSync == "normal" ? .normal : .full,
-                                 checksPayloads: false)
+                                 checksPayloads: false, walLimit: config.auditWALMaxBytes) { waited, walBytes in
+                walRestarts.increment()
+                let ms = Double(waited.components.seconds) * 1e3 + Double(waited.components.attoseconds) / 1e15
+                auditLogger.warning("audit WAL restarted at its limit under steady load; commits waited for it",
+                                    metadata: ["waited_ms": "\(Int(ms.rounded()))", "wal_bytes": "\(walBytes)"])
+            }
             var rules = config.approvalRules
             rules.expiry = config.approvalExpiry
             do throws(AuditError) {

@@ -29,6 +29,9 @@ public struct ServerConfig: Sendable, Equatable {
     /// SQLite `synchronous` for the audit trail: full (survives power loss)
     /// or normal (survives a process crash; faster).
     public var auditSync = "full"
+    /// Bytes of audit WAL in use past which the writer restarts the WAL even
+    /// under load, at the price of a stall (KeelAudit's `AuditLog.defaultWALLimit`).
+    public var auditWALMaxBytes = 4 << 30
     /// How long a decision waits for an advisor before it expires.
     public var approvalExpiry: Duration = .seconds(24 * 3600)
     /// The high-impact rules that put a decision in PENDING_APPROVAL (their

@@ -352,6 +352,51 @@ struct AuditLogTests {
         #expect(verification.records == 401 && verification.firstBroken == nil)
     }
 
+    @Test("under appends that never pause, the writer restarts a WAL past its limit, which then stops growing")
+    func walLimitUnderSteadyLoad() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        // One record per transaction, so every append writes frames; no idle truncation.
+        let log = try AuditLog(path: path, durability: .normal, maxBatch: 1, maxQueued: 4096,
+                               walTruncateAbove: 1 << 40, walLimit: AuditLog.minimumWALLimit)
+        var record = Records.decisionRecord(account: "A", decision: "D")
+        record.response.summary = String(repeating: "x", count: 8 << 10)
+        let payload: [UInt8] = try record.serializedBytes()
+        func walBytes() -> Int {
+            ((try? FileManager.default.attributesOfItem(atPath: path + "-wal"))?[.size] as? NSNumber)?.intValue ?? 0
+        }
+        // 16 appenders keep the writer busy: 3,200 records of about 8 KB, some
+        // 40 MB of WAL frames in all, with no pause for the WAL to start over.
+        let highest = try await withThrowingTaskGroup(of: Int.self) { group in
+            for t in 0..<16 {
+                group.addTask {
+                    var peak = 0
+                    for k in 0..<200 {
+                        _ = try await log.append(AuditEntry(kind: .decision, accountID: "A\(t)", decisionID: "D\(t)-\(k)",
+                                                            payload: payload))
+                        if k % 10 == 0 { peak = max(peak, walBytes()) }
+                    }
+                    return peak
+                }
+            }
+            return try await group.reduce(0, max)
+        }
+        let restarts = log.walRestarts
+        log.close()
+        #expect(restarts >= 1, "the writer never restarted the WAL")
+        #expect(highest < 12 << 20, "the WAL reached \(highest) bytes with a 1 MiB limit")
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == 3200 && verification.firstBroken == nil)
+    }
+
+    @Test("a WAL limit under 1 MiB is refused")
+    func walLimitTooSmall() throws {
+        let scratch = try ScratchDirectory()
+        #expect(throws: AuditError.self) {
+            _ = try AuditLog(path: scratch.path("audit.db"), walLimit: AuditLog.minimumWALLimit - 1)
+        }
+    }
+
     #if os(Linux)
     @Test("the checkpoint thread runs under SCHED_IDLE, so its copying never takes a core from a request")
     func checkpointerRunsInBackground() async throws {

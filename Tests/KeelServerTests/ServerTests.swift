@@ -246,6 +246,20 @@ struct ConfigTests {
         }
     }
 
+    @Test("the audit WAL limit: 4 GiB by default, set in bytes, at least 1 MiB")
+    func auditWALLimit() throws {
+        var c = ServerConfig()
+        #expect(c.auditWALMaxBytes == AuditLog.defaultWALLimit)
+        try c.apply(environment: ["KEEL_AUDIT_WAL_MAX_BYTES": "268435456"])
+        #expect(c.auditWALMaxBytes == 256 << 20)
+        do {
+            try c.set("auditWalMaxBytes", "4096", source: "--audit-wal-max-bytes")
+            Issue.record("a 4 KB WAL limit was accepted")
+        } catch {
+            #expect(error.message.contains("--audit-wal-max-bytes"), "\(error.message)")
+        }
+    }
+
     @Test("duplicate ports are refused")
     func duplicatePorts() throws {
         var c = ServerConfig()
