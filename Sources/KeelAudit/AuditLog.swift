@@ -69,18 +69,20 @@ public final class AuditLog: Sendable {
                       checksPayloads: checksPayloads, walLimit: walLimit, onWALRestart: onWALRestart)
     }
 
-    /// The default ``init(path:durability:maxBatch:checksPayloads:walLimit:)``
-    /// `walLimit`: 4 GiB. Under load that never pauses, the checkpointer
-    /// copies the WAL into the database but SQLite can only start the WAL
-    /// over between two commits once every frame is copied, which new commits
-    /// keep preventing, so the WAL would grow by the size of every record
-    /// (74 MB/s at 2,000 decisions/s of 100 assets) until the load eases.
-    /// Past the limit the writer itself checkpoints with RESTART between two
-    /// batches: the commits queued meanwhile wait for it (the last frames'
-    /// copy and the syncs: 105 and 316 ms at 2,000 decisions/s on the
-    /// development machine's disk, benchmarks/RESULTS.md), and the WAL is
-    /// reused from its beginning instead of growing. The default leaves a
-    /// minute of that load between two stalls.
+    /// The default `walLimit` of ``init(path:durability:maxBatch:checksPayloads:walLimit:onWALRestart:)``:
+    /// 4 GiB. Under load that never pauses, the checkpointer copies the WAL
+    /// into the database, but SQLite can start the WAL over only between two
+    /// commits once every frame is copied, which new commits keep preventing,
+    /// so the WAL would grow by every record (74 MB/s at 2,000 decisions/s of
+    /// 100 assets) until the load eases. Past the limit the writer itself
+    /// checkpoints with RESTART between two batches: the commits queued
+    /// meanwhile wait for the frames not yet copied and for the syncs (35 to
+    /// 129 ms per restart at 2,000 decisions/s on the development machine's
+    /// disk, benchmarks/RESULTS.md; longer when the checkpointer has fallen
+    /// far behind), and the WAL is then reused from its beginning. The limit
+    /// is overshot by what arrives until a restart gets through: a reader of
+    /// an older snapshot (an export of the live file) holds it off while it
+    /// reads. The default leaves about a minute of that load between stalls.
     public static let defaultWALLimit = 4 << 30
     /// The smallest `walLimit` accepted: 1 MiB.
     public static let minimumWALLimit = 1 << 20
@@ -111,9 +113,10 @@ public final class AuditLog: Sendable {
         } catch {
             throw AuditStore.auditError(path, error, doing: "cannot configure checkpoints")
         }
-        checkpointer = try Checkpointer(path: path, durability: durability, truncateAbove: walTruncateAbove)
+        let wal = WALStatus()
+        checkpointer = try Checkpointer(path: path, durability: durability, wal: wal, truncateAbove: walTruncateAbove)
         writer = try Writer(database: database, path: path, head: head, maxBatch: maxBatch, maxQueued: maxQueued,
-                            walLimit: walLimit, onWALRestart: onWALRestart)
+                            wal: wal, walLimit: walLimit, onWALRestart: onWALRestart)
         writer.start()
         checkpointer.start()
     }
@@ -240,6 +243,46 @@ public final class AuditLog: Sendable {
     }
 }
 
+// MARK: - WAL status
+
+/// What the writer and the checkpointer share about the WAL.
+final class WALStatus: Sendable {
+    /// Frames in the WAL after the last commit (SQLite's WAL hook on the
+    /// writer's connection), 0 right after a restart.
+    let frames = Atomic<Int>(0)
+    /// Set by the writer while the WAL is past ``AuditLog/walLimit`` and not
+    /// yet restarted; the checkpointer starts no pass meanwhile.
+    let overLimit = Atomic<Bool>(false)
+    /// Set when the writer lifted the checkpoint thread out of SCHED_IDLE;
+    /// the thread goes back once its pass is done.
+    let checkpointerBoosted = Atomic<Bool>(false)
+
+    #if os(Linux)
+    /// The checkpoint thread while it runs.
+    private let checkpointThread = Mutex<pthread_t?>(nil)
+
+    func registerCheckpointThread(_ thread: pthread_t?) {
+        checkpointThread.withLock { $0 = thread }
+    }
+
+    /// Gives the checkpoint thread normal priority: a pass it began before
+    /// the WAL crossed the limit holds the lock the writer's restart needs,
+    /// and under SCHED_IDLE on busy cores it might not finish for a long time.
+    func boostCheckpointer() {
+        checkpointThread.withLock { thread in
+            guard let thread else { return }
+            var param = sched_param()
+            param.sched_priority = 0
+            if pthread_setschedparam(thread, Int32(SCHED_OTHER), &param) == 0 {
+                checkpointerBoosted.store(true, ordering: .relaxed)
+            }
+        }
+    }
+    #else
+    func boostCheckpointer() {}
+    #endif
+}
+
 // MARK: - Checkpointer
 
 /// Checkpoints the WAL from its own connection and thread (PASSIVE: it
@@ -277,7 +320,11 @@ final class Checkpointer: Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let started = Mutex(false)
 
-    init(path: String, durability: AuditDurability, truncateAbove: Int = AuditStore.walSizeLimit) throws(AuditError) {
+    private let wal: WALStatus
+
+    init(path: String, durability: AuditDurability, wal: WALStatus = WALStatus(),
+         truncateAbove: Int = AuditStore.walSizeLimit) throws(AuditError) {
+        self.wal = wal
         self.path = path
         self.truncateAbove = truncateAbove
         busyInterval = durability == .normal ? .milliseconds(10) : Self.idleInterval
@@ -348,7 +395,7 @@ final class Checkpointer: Sendable {
     private func truncateWAL() {
         _ = try? database.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA busy_timeout = 0")
-            defer { try? db.execute(sql: "PRAGMA busy_timeout = 5000") }
+            defer { try? db.execute(sql: "PRAGMA busy_timeout = \(AuditStore.busyTimeoutMilliseconds)") }
             try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)")
         }
     }
@@ -356,10 +403,21 @@ final class Checkpointer: Sendable {
     private func run() {
         let background = Self.runInBackground()
         inBackground.withLock { $0 = background }
+        #if os(Linux)
+        wal.registerCheckpointThread(pthread_self())
+        defer { wal.registerCheckpointThread(nil) }
+        #endif
         var interval = Self.idleInterval
         var last: (frames: Int64, copied: Int64)? = nil
         while !stopping.withLock({ $0 }) {
             _ = wake.wait(timeout: .now() + interval)
+            if wal.checkpointerBoosted.exchange(false, ordering: .relaxed) { _ = Self.runInBackground() }
+            // Past the WAL limit the writer restarts the WAL itself; a pass
+            // now would only hold the lock it needs (except the last one).
+            if wal.overLimit.load(ordering: .relaxed), !stopping.withLock({ $0 }) {
+                interval = busyInterval
+                continue
+            }
             let now = checkpoint()
             let busy = Self.isBusy(previous: last, now: now)
             if !busy, now != nil, walBytes() > truncateAbove { truncateWAL() }
@@ -428,22 +486,16 @@ private final class Writer: Sendable {
     /// Signalled once the thread has exited; waiters re-signal it.
     private let finished = DispatchSemaphore(value: 0)
 
-    /// Frames in the WAL after the last commit, from SQLite's WAL hook.
-    final class WALFrames: Sendable {
-        let count = Atomic<Int>(0)
-    }
-    private let walFrames = WALFrames()
+    private let wal: WALStatus
     /// ``AuditLog/walLimit`` in frames.
     let walLimitFrames: Int
-    /// Touched by the writer thread only.
-    nonisolated(unsafe) private var nextRestartAttempt = 0
-
     private let onWALRestart: (@Sendable (_ waited: Duration, _ walBytes: Int) -> Void)?
     private let frameBytes: Int
 
-    init(database: DatabaseQueue, path: String, head: Head, maxBatch: Int, maxQueued: Int,
+    init(database: DatabaseQueue, path: String, head: Head, maxBatch: Int, maxQueued: Int, wal: WALStatus,
          walLimit: Int, onWALRestart: (@Sendable (_ waited: Duration, _ walBytes: Int) -> Void)?) throws(AuditError) {
         self.onWALRestart = onWALRestart
+        self.wal = wal
         self.database = database
         self.path = path
         self.maxBatch = maxBatch
@@ -452,16 +504,15 @@ private final class Writer: Sendable {
         // SQLite calls the WAL hook after every commit with the WAL's size in
         // frames (each one page and a 24-byte header). Installed after
         // `wal_autocheckpoint = 0`, which clears the hook slot.
-        let frames = walFrames
         do {
             frameBytes = try database.writeWithoutTransaction { db -> Int in
                 let pageSize = try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 4096
                 sqlite3_wal_hook(db.sqliteConnection, { context, _, _, pages in
                     guard let context else { return SQLITE_OK }
-                    Unmanaged<WALFrames>.fromOpaque(context).takeUnretainedValue()
-                        .count.store(Int(pages), ordering: .relaxed)
+                    Unmanaged<WALStatus>.fromOpaque(context).takeUnretainedValue()
+                        .frames.store(Int(pages), ordering: .relaxed)
                     return SQLITE_OK
-                }, Unmanaged.passUnretained(frames).toOpaque())
+                }, Unmanaged.passUnretained(wal).toOpaque())
                 return pageSize + 24
             }
         } catch {
@@ -528,6 +579,10 @@ private final class Writer: Sendable {
     }
 
     private func run() {
+        // When the next WAL restart may be tried after one that readers held
+        // off, and the wait after the next such one (20 ms, doubling up to 5 s).
+        var retryAt: ContinuousClock.Instant? = nil
+        var backoff = Duration.milliseconds(20)
         while true {
             let next = state.withLock { (s: inout State) -> Next in
                 if !s.queue.isEmpty && (!s.paused || s.closing) {
@@ -549,9 +604,30 @@ private final class Writer: Sendable {
                 // Load that never pauses never lets the WAL start over by
                 // itself (the checkpointer copies frames while new ones keep
                 // coming): past the limit, restart it here, between two batches.
-                let frames = walFrames.count.load(ordering: .relaxed)
-                if frames > walLimitFrames, frames >= nextRestartAttempt { restartWAL(frames: frames) }
-            case .sleep: wake.wait()
+                let frames = wal.frames.load(ordering: .relaxed)
+                guard frames > walLimitFrames else { continue }
+                // The checkpointer starts no pass from now until the restart
+                // got through, so that its lock does not keep refusing it.
+                wal.overLimit.store(true, ordering: .relaxed)
+                guard retryAt.map({ ContinuousClock.now >= $0 }) ?? true else { continue }
+                switch restartWAL(frames: frames) {
+                case .restarted:
+                    retryAt = nil
+                    backoff = .milliseconds(20)
+                case .checkpointerBusy:
+                    // Refused at once, nothing done (tens of microseconds):
+                    // try again after the next batch, and let the pass finish.
+                    wal.boostCheckpointer()
+                case .readersBusy:
+                    // Frames copied and synced, then a reader held the WAL:
+                    // each attempt costs syncs, so wait before the next.
+                    retryAt = .now + backoff
+                    backoff = min(backoff * 2, .seconds(5))
+                }
+            case .sleep:
+                // Idle: the checkpointer may copy and truncate again.
+                wal.overLimit.store(false, ordering: .relaxed)
+                wake.wait()
             case .exit:
                 try? database.close()
                 finished.signal()
@@ -560,30 +636,42 @@ private final class Writer: Sendable {
         }
     }
 
+    private enum RestartOutcome {
+        case restarted
+        /// The checkpointer's pass held its lock: refused before any work.
+        case checkpointerBusy
+        /// Frames were copied, then readers kept the WAL from starting over
+        /// (or the attempt failed).
+        case readersBusy
+    }
+
     /// Copies the rest of the WAL into the database and lets the next commit
     /// write the WAL from its beginning (`wal_checkpoint(RESTART)` on this
     /// connection, between two batches: no commit can land meanwhile, which is
     /// what a checkpoint from another thread cannot get under steady load).
-    /// Without a busy wait: when the checkpointer's pass or a reader of an
-    /// older snapshot holds the WAL, it gives up at once, and the checkpointer
-    /// asks again after its next pass.
-    /// After a failed attempt the next one waits until the WAL has grown by
-    /// another eighth of the limit.
-    private func restartWAL(frames: Int) {
+    /// Without a busy wait: while a checkpointer pass that began before the
+    /// limit was crossed holds its lock, it is refused at once and tried
+    /// again after the next batch; while a reader of an older snapshot (an
+    /// export of the live file) holds the WAL, it gives up having copied what
+    /// it could, and `run()` waits before the next attempt.
+    private func restartWAL(frames: Int) -> RestartOutcome {
         let start = ContinuousClock.now
-        let restarted = try? database.writeWithoutTransaction { db -> Bool in
+        let outcome = try? database.writeWithoutTransaction { db -> RestartOutcome in
             try db.execute(sql: "PRAGMA busy_timeout = 0")
-            defer { try? db.execute(sql: "PRAGMA busy_timeout = 5000") }
-            guard let row = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(RESTART)") else { return false }
-            return (row[0] as Int64?) == 0
+            defer { try? db.execute(sql: "PRAGMA busy_timeout = \(AuditStore.busyTimeoutMilliseconds)") }
+            // One row: busy (0 or 1), frames in the WAL, frames copied (-1, -1
+            // when the checkpoint could not start).
+            guard let row = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(RESTART)") else { return .readersBusy }
+            if (row[0] as Int64?) == 0 { return .restarted }
+            return (row[1] as Int64?) == -1 ? .checkpointerBusy : .readersBusy
         }
-        if restarted == true {
-            nextRestartAttempt = 0
-            state.withLock { $0.walRestarts += 1 }
-            onWALRestart?(ContinuousClock.now - start, frames * frameBytes)
-        } else {
-            nextRestartAttempt = frames + max(1, walLimitFrames / 8)
-        }
+        guard let outcome, outcome == .restarted else { return outcome ?? .readersBusy }
+        // The hook reports again at the next commit; until then the WAL is empty.
+        wal.frames.store(0, ordering: .relaxed)
+        wal.overLimit.store(false, ordering: .relaxed)
+        state.withLock { $0.walRestarts += 1 }
+        onWALRestart?(ContinuousClock.now - start, frames * frameBytes)
+        return .restarted
     }
 
     /// Writes `batch` in one transaction and completes every entry of it.

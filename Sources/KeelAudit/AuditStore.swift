@@ -22,6 +22,8 @@ enum AuditStore {
     /// A WAL file larger than this is truncated by the checkpointer once
     /// the log is idle (`Checkpointer`); the writer never truncates it.
     static let walSizeLimit = 64 << 20
+    /// How long a connection waits for a lock (SQLite's busy timeout).
+    static let busyTimeoutMilliseconds = 5000
     /// `prev_hash` of record 1.
     static let genesisHash = String(repeating: "0", count: 64)
 
@@ -217,7 +219,7 @@ enum AuditStore {
         var config = Configuration()
         config.readonly = readonly
         config.label = "KeelAudit"
-        config.busyMode = .timeout(5)
+        config.busyMode = .timeout(.init(busyTimeoutMilliseconds) / 1000)
         let synchronous = durability == .full ? "FULL" : "NORMAL"
         config.prepareDatabase { db in
             // Nothing stored in the file (views, triggers) may call functions

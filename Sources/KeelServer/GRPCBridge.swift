@@ -82,8 +82,9 @@ struct KeelGRPCServices: RegistrableRPCService {
             return StreamingServerResponse(of: [UInt8].self) { writer in
                 var last: [UInt8]? = nil
                 while !Task.isCancelled {
-                    let result = await handler.handle(.healthCheck, request: query,
-                                                      deadline: .now + .seconds(1))
+                    let result = await withTaskExecutorPreference(globalConcurrentExecutor) {
+                        await handler.handle(.healthCheck, request: query, deadline: .now + .seconds(1))
+                    }
                     // SERVICE_UNKNOWN (3) for a service the health check does not know.
                     let status = (try? result.get()) ?? [0x08, 0x03]
                     if status != last {

@@ -159,6 +159,7 @@ public final class KeelServerRunner: Sendable {
         } catch {
             grpcServer.beginGracefulShutdown()
             await framed.shutdown(gracefully: false)
+            grpcTask.cancel()  // no drain began: a health Watch stream would not end by itself
             await grpcTask.value
             try? await grpcLoops.shutdownGracefully()
             audit.close()
@@ -193,7 +194,8 @@ struct GRPCServing: Sendable {
     let transport: HTTP2ServerTransport.Posix
     let server: GRPCServer<HTTP2ServerTransport.Posix>
 
-    init(address: GRPCNIOTransportCore.SocketAddress, maxRequestBytes: Int, services: [any RegistrableRPCService]) {
+    init(address: GRPCNIOTransportCore.SocketAddress, maxRequestBytes: Int, services: [any RegistrableRPCService],
+         interceptors: [any ServerInterceptor] = []) {
         loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         transport = HTTP2ServerTransport.Posix(
             address: address, transportSecurity: .plaintext,
@@ -204,7 +206,7 @@ struct GRPCServing: Sendable {
                 // lower p50 at 500/s (RESULTS.md, eighth pass).
                 $0.connection.flushCoalescing = nil
             }, eventLoopGroup: loops)
-        server = GRPCServer(transport: transport, services: services)
+        server = GRPCServer(transport: transport, services: services, interceptors: interceptors)
     }
 
     func serve() async throws {

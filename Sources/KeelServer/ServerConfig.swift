@@ -1,3 +1,4 @@
+import KeelAudit
 import KeelPortfolio
 
 /// Everything `keel serve` can be told, with the defaults of docs/OPERATIONS.md.
@@ -31,7 +32,7 @@ public struct ServerConfig: Sendable, Equatable {
     public var auditSync = "full"
     /// Bytes of audit WAL in use past which the writer restarts the WAL even
     /// under load, at the price of a stall (KeelAudit's `AuditLog.defaultWALLimit`).
-    public var auditWALMaxBytes = 4 << 30
+    public var auditWALMaxBytes = AuditLog.defaultWALLimit
     /// How long a decision waits for an advisor before it expires.
     public var approvalExpiry: Duration = .seconds(24 * 3600)
     /// The high-impact rules that put a decision in PENDING_APPROVAL (their

@@ -321,23 +321,47 @@ private struct WhereHandler: RequestHandler {
     }
 }
 
+/// Counts the calls whose task ran on the gRPC event loop when they reached
+/// the server's interceptors (before the bridge hands them to the pool).
+private final class LoopProbe: ServerInterceptor {
+    let onLoop = Mutex(0)
+    let calls = Mutex(0)
+
+    func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingServerRequest<Input>, context: ServerContext,
+        next: (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+    ) async throws -> StreamingServerResponse<Output> {
+        calls.withLock { $0 += 1 }
+        if MultiThreadedEventLoopGroup.currentEventLoop != nil { onLoop.withLock { $0 += 1 } }
+        return try await next(request, context)
+    }
+}
+
 @Suite("gRPC bridge")
 struct GRPCBridgeTests {
-    @Test("served as keel serve does (tasks preferring the gRPC event loop), the handler still runs off every loop",
+    @Test("served as keel serve does, a call's task runs on the gRPC event loop and its handler off every loop",
           arguments: [RPCMethod.rebalance, .listModels])
     func handlerRunsOffTheEventLoop(_ method: RPCMethod) async throws {
+        let probe = LoopProbe()
         let grpc = GRPCServing(
             address: .ipv4(host: "127.0.0.1", port: 0), maxRequestBytes: 1 << 20,
             services: [KeelGRPCServices(handler: WhereHandler(), defaultDeadline: .seconds(1),
                                         maxRequestBytes: 1 << 20, isShuttingDown: { false },
-                                        budget: PayloadBudget(limit: 1 << 30))])
+                                        budget: PayloadBudget(limit: 1 << 30))],
+            interceptors: [probe])
         let serving = Task { try await grpc.serve() }
+        defer {
+            grpc.server.beginGracefulShutdown()
+            serving.cancel()
+        }
         let port = try #require(try await grpc.transport.listeningAddress.ipv4?.port)
         let client = try GRPCUnaryClient(host: "127.0.0.1", port: port)
         for _ in 0..<20 {
             #expect(try await client.call(method, request: [], timeout: .seconds(5)) == [0])
         }
         await client.close()
+        #expect(probe.calls.withLock { $0 } == 20)
+        #expect(probe.onLoop.withLock { $0 } == 20)
         grpc.server.beginGracefulShutdown()
         _ = try? await serving.value
         try await grpc.loops.shutdownGracefully()
