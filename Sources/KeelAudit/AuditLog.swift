@@ -533,7 +533,6 @@ private final class Writer: Sendable {
     var queuedCount: Int { state.withLock { $0.queue.count } }
     var walRestarts: Int { state.withLock { $0.walRestarts } }
 
-
     func enqueue(_ entry: AuditEntry, _ complete: @escaping Completion) throws(AuditError) {
         let signal = try state.withLock { (s: inout State) throws(AuditError) -> Bool in
             if s.closing { throw AuditError(.closed, "\(path): the audit log is closed") }
@@ -605,7 +604,12 @@ private final class Writer: Sendable {
                 // itself (the checkpointer copies frames while new ones keep
                 // coming): past the limit, restart it here, between two batches.
                 let frames = wal.frames.load(ordering: .relaxed)
-                guard frames > walLimitFrames else { continue }
+                guard frames > walLimitFrames else {
+                    // Under the limit (again: a restart by SQLite itself once
+                    // readers let go counts too): the checkpointer carries on.
+                    wal.overLimit.store(false, ordering: .relaxed)
+                    continue
+                }
                 // The checkpointer starts no pass from now until the restart
                 // got through, so that its lock does not keep refusing it.
                 wal.overLimit.store(true, ordering: .relaxed)

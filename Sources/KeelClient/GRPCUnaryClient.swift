@@ -1,9 +1,9 @@
 import GRPCCore
 import GRPCNIOTransportHTTP2
-import KeelFramedTransport
-import NIOPosix
 import KeelAPI
+import KeelFramedTransport
 import KeelServing
+import NIOPosix
 import SwiftProtobuf
 
 /// A ``UnaryClient`` over standard gRPC (grpc-swift-2 on the NIO HTTP/2

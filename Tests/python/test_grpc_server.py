@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -247,6 +248,36 @@ def test_publish_market_data_client_stream(server, stubs):
     assert resp.accepted == 5 and resp.rejected == 1 and resp.errors
 
 
+def test_a_stream_that_never_half_closes_gets_deadline_exceeded_at_the_server_default(tmp_path, stubs):
+    """A client that sends no deadline and never ends its PublishMarketData stream cannot hold the
+    call open: the server answers DEADLINE_EXCEEDED at its default deadline (here 300 ms)."""
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models)
+    s = Server(models, "--default-deadline-ms", "300")
+    try:
+        stop = threading.Event()
+
+        def updates():
+            yield stubs.service.PriceUpdate(instrument_id="A", price=1.0, time_unix_nanos=1)
+            stop.wait(10)  # then nothing more, and no end of stream
+
+        with channel(s) as ch:
+            stub = stubs.service_grpc.RebalancerStub(ch)
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.PublishMarketData(updates())  # no client deadline
+            elapsed = time.monotonic() - start
+            stop.set()
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, caught.value
+        assert "not complete before its deadline" in caught.value.details()
+        assert 0.25 < elapsed < 5, elapsed
+        # The server keeps serving.
+        with channel(s) as ch:
+            assert health_check(ch, stubs, "").status == stubs.health.HealthCheckResponse.SERVING
+    finally:
+        s.stop()
+
+
 def test_metrics_endpoint_counts_requests(server, stubs):
     with channel(server) as ch:
         stub = stubs.service_grpc.RebalancerStub(ch)
@@ -270,7 +301,6 @@ def test_sigterm_exits_zero(server):
 
 def test_sigterm_with_an_open_health_watch_exits_and_ends_the_stream(server, stubs):
     """A Watch stream never ends by itself; shutdown must not wait for it forever."""
-    import threading
     with channel(server) as ch:
         watch = ch.unary_stream("/grpc.health.v1.Health/Watch",
                                 request_serializer=stubs.health.HealthCheckRequest.SerializeToString,
