@@ -131,7 +131,6 @@ public final class KeelServerRunner: Sendable {
                                         budget: PayloadBudget(limit: config.maxInFlightBytes))])
         let transport = grpc.transport
         let grpcServer = grpc.server
-        let grpcLoops = grpc.loops
         let grpcLogger = logger
         let grpcTask = Task {
             do {
@@ -148,7 +147,6 @@ public final class KeelServerRunner: Sendable {
             await framed.shutdown(gracefully: false)
             grpcTask.cancel()
             await grpcTask.value
-            try? await grpcLoops.shutdownGracefully()
             audit.close()
             throw ServerStartError("cannot listen for gRPC on \(host):\(config.grpcPort): \(error)")
         }
@@ -161,7 +159,6 @@ public final class KeelServerRunner: Sendable {
             await framed.shutdown(gracefully: false)
             grpcTask.cancel()  // no drain began: a health Watch stream would not end by itself
             await grpcTask.value
-            try? await grpcLoops.shutdownGracefully()
             audit.close()
             throw ServerStartError("cannot listen for metrics on \(host):\(config.metricsPort): \(error)")
         }
@@ -176,27 +173,30 @@ public final class KeelServerRunner: Sendable {
                                "blas_threads": "\(Blas.threads)", "blas_core": "\(Blas.coreName)"])
         if let warning = Blas.kernelWarning { logger.warning("\(warning)") }
         return RunningServer(ports: ports, repository: repository, service: service, gate: gate, framed: framed,
-                             grpcServer: grpcServer, grpcTask: grpcTask, grpcLoops: grpcLoops,
-                             metricsChannel: metricsChannel,
+                             grpcServer: grpcServer, grpcTask: grpcTask, metricsChannel: metricsChannel,
                              watcher: watcher, logger: logger)
     }
 }
 
-/// The gRPC server as `keel serve` runs it. It has its own one-thread event
-/// loop, and ``serve()`` makes that loop the preferred executor of the
+/// The gRPC server as `keel serve` runs it. gRPC has an event loop of its
+/// own, and ``serve()`` makes that loop the preferred executor of the
 /// server's tasks: a call's HTTP/2 work then stays on that thread instead of
 /// hopping to the global pool and back at each step (half the context
 /// switches, 15 % less server CPU per call; RESULTS.md, eighth pass). The
 /// handlers run on the global pool (`KeelGRPCServices`), never on the loop.
-/// Shut ``loops`` down once ``serve()`` has returned.
 struct GRPCServing: Sendable {
-    let loops: MultiThreadedEventLoopGroup
+    /// One thread for the process's gRPC servers (one in `keel serve`), never
+    /// shut down, like NIO's singletons: NIO still hands a closed server
+    /// channel's last callbacks to its loop after `serve()` has returned, and
+    /// a loop shut down at that point refuses them.
+    static let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    static let executor = EventLoopTaskExecutor(loops.next())
+
     let transport: HTTP2ServerTransport.Posix
     let server: GRPCServer<HTTP2ServerTransport.Posix>
 
     init(address: GRPCNIOTransportCore.SocketAddress, maxRequestBytes: Int, services: [any RegistrableRPCService],
          interceptors: [any ServerInterceptor] = []) {
-        loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         transport = HTTP2ServerTransport.Posix(
             address: address, transportSecurity: .plaintext,
             config: .defaults {
@@ -205,13 +205,13 @@ struct GRPCServing: Sendable {
                 // unary answer then waits for the timer. Off: 100 to 170 us
                 // lower p50 at 500/s (RESULTS.md, eighth pass).
                 $0.connection.flushCoalescing = nil
-            }, eventLoopGroup: loops)
+            }, eventLoopGroup: Self.loops)
         server = GRPCServer(transport: transport, services: services, interceptors: interceptors)
     }
 
     func serve() async throws {
         let server = self.server
-        try await withTaskExecutorPreference(EventLoopTaskExecutor(loops.next())) { try await server.serve() }
+        try await withTaskExecutorPreference(Self.executor) { try await server.serve() }
     }
 }
 
@@ -224,14 +224,13 @@ public final class RunningServer: Sendable {
     let framed: FramedServer
     let grpcServer: GRPCServer<HTTP2ServerTransport.Posix>
     let grpcTask: Task<Void, Never>
-    let grpcLoops: MultiThreadedEventLoopGroup
     let metricsChannel: any Channel
     let watcher: Task<Void, Never>
     let logger: Logger
 
     init(ports: BoundPorts, repository: ModelRepository, service: KeelService, gate: RequestGate,
          framed: FramedServer, grpcServer: GRPCServer<HTTP2ServerTransport.Posix>, grpcTask: Task<Void, Never>,
-         grpcLoops: MultiThreadedEventLoopGroup, metricsChannel: any Channel, watcher: Task<Void, Never>, logger: Logger) {
+         metricsChannel: any Channel, watcher: Task<Void, Never>, logger: Logger) {
         self.ports = ports
         self.repository = repository
         self.service = service
@@ -239,7 +238,6 @@ public final class RunningServer: Sendable {
         self.framed = framed
         self.grpcServer = grpcServer
         self.grpcTask = grpcTask
-        self.grpcLoops = grpcLoops
         self.metricsChannel = metricsChannel
         self.watcher = watcher
         self.logger = logger
@@ -262,7 +260,6 @@ public final class RunningServer: Sendable {
         }
         await grpcTask.value
         grace.cancel()
-        try? await grpcLoops.shutdownGracefully()
         await framedDone
         await gate.drain()
         watcher.cancel()

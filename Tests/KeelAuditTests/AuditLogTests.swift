@@ -352,12 +352,14 @@ struct AuditLogTests {
         #expect(verification.records == 401 && verification.firstBroken == nil)
     }
 
-    @Test("under appends that never pause, the writer restarts a WAL past its limit, which then stops growing")
-    func walLimitUnderSteadyLoad() async throws {
+    @Test("under appends that never pause, the writer restarts a WAL past its limit, which then stops growing",
+          arguments: [(AuditDurability.normal, 1), (.full, 16)])
+    func walLimitUnderSteadyLoad(durability: AuditDurability, maxBatch: Int) async throws {
         let scratch = try ScratchDirectory()
         let path = scratch.path("audit.db")
-        // One record per transaction, so every append writes frames; no idle truncation.
-        let log = try AuditLog(path: path, durability: .normal, maxBatch: 1, maxQueued: 4096,
+        // Small transactions (under `full` a few records share each sync), so
+        // every append writes frames; no idle truncation.
+        let log = try AuditLog(path: path, durability: durability, maxBatch: maxBatch, maxQueued: 4096,
                                walTruncateAbove: 1 << 40, walLimit: AuditLog.minimumWALLimit)
         var record = Records.decisionRecord(account: "A", decision: "D")
         record.response.summary = String(repeating: "x", count: 8 << 10)

@@ -364,7 +364,6 @@ struct GRPCBridgeTests {
         #expect(probe.onLoop.withLock { $0 } == 20)
         grpc.server.beginGracefulShutdown()
         _ = try? await serving.value
-        try await grpc.loops.shutdownGracefully()
     }
 
     @Test("an answer ready after the server's default deadline is DEADLINE_EXCEEDED, on a light method too",

@@ -295,8 +295,15 @@ def test_metrics_endpoint_counts_requests(server, stubs):
                for line in transport), transport
 
 
-def test_sigterm_exits_zero(server):
+def test_sigterm_exits_zero(server, stubs):
+    with channel(server) as ch:  # one gRPC call first, so its event loop has served
+        assert health_check(ch, stubs, "").status == stubs.health.HealthCheckResponse.SERVING
     assert server.stop() == 0
+    # A clean shutdown: nothing refused by an event loop already shut down (NIO prints
+    # "ERROR: Cannot schedule tasks on an EventLoop that has already shut down").
+    rest = server.proc.stderr.read()
+    assert "ERROR:" not in rest, rest[-2000:]
+    assert "stopped" in rest
 
 
 def test_sigterm_with_an_open_health_watch_exits_and_ends_the_stream(server, stubs):
