@@ -791,7 +791,9 @@ public final class KeelService: RequestHandler {
         let (response, harvest) = try await gated(.harvestTaxLosses, deadline: deadline) { () throws(RPCStatus) in
             try performHarvestTaxLosses(request)
         }
-        if let harvest {
+        // A late answer is replaced by DEADLINE_EXCEEDED on both transports:
+        // the client never sees those proposals, so they block nothing.
+        if let harvest, ContinuousClock.now <= deadline {
             harvestMemory.record(household: harvest.household, instruments: harvest.instruments, day: harvest.day)
         }
         return response
