@@ -685,6 +685,50 @@ public final class KeelService: RequestHandler {
         var notes: [String] = []
     }
 
+    /// What moving a blocked instrument's unheld strategic weight to its
+    /// replacement needs: the instruments' positions, the quantities held,
+    /// the portfolio's value and the strategic weights' positions.
+    private struct WeightMove {
+        var index: [String: Int] = [:]
+        var held: [Double]
+        var value: Double
+        var strategicIndex: [String: Int] = [:]
+
+        init(_ input: RebalanceInput) {
+            let instruments = input.instruments
+            index.reserveCapacity(instruments.count)
+            for i in instruments.indices { index[instruments[i].id] = i }
+            held = [Double](repeating: 0, count: instruments.count)
+            value = input.portfolio.cash
+            for h in input.portfolio.holdings {
+                guard let i = index[h.instrumentID] else { continue }
+                held[i] += h.quantity
+                value += h.quantity * instruments[i].price
+            }
+            strategicIndex.reserveCapacity(input.mandate.strategicWeights.count)
+            for (k, w) in input.mandate.strategicWeights.enumerated() where strategicIndex[w.id] == nil {
+                strategicIndex[w.id] = k
+            }
+        }
+
+        /// Moves the part of `id`'s strategic weight it does not hold (`i`:
+        /// its position) to `replacement`; whether there was any to move.
+        mutating func move(from id: String, at i: Int, to replacement: String, in input: inout RebalanceInput) -> Bool {
+            guard value > 0, let k = strategicIndex[id] else { return false }
+            let current = held[i] * input.instruments[i].price / value
+            let excess = max(0, input.mandate.strategicWeights[k].weight - current)
+            guard excess > 0 else { return false }
+            input.mandate.strategicWeights[k].weight -= excess
+            if let j = strategicIndex[replacement] {
+                input.mandate.strategicWeights[j].weight += excess
+            } else {
+                strategicIndex[replacement] = input.mandate.strategicWeights.count
+                input.mandate.strategicWeights.append((id: replacement, weight: excess))
+            }
+            return true
+        }
+    }
+
     /// Validates the request's lots and tax context and blocks purchases of
     /// instruments the household harvested in the last 31 days, moving
     /// their unheld strategic weight to the replacement.
@@ -705,50 +749,43 @@ public final class KeelService: RequestHandler {
         }
         let harvested = harvestMemory.harvested(household: plan.household, day: day)
         guard !harvested.isEmpty else { return plan }
+        // This runs on every Rebalance of a household with a recent harvest,
+        // so it reuses the groups and replacements the rules already hold and
+        // builds the index, holdings and strategic positions that moving a
+        // weight to a replacement needs only once some blocked instrument has one.
         // Each harvested instrument blocks itself and its substantially identical group.
         let blockedSince = TaxLossHarvester.blockedPurchaseDays(
             harvested: harvested,
             rules: TaxRules(shortTermRate: 0, longTermRate: 0,
-                            identicalGroups: TaxMapping.identicalGroups(request.instruments), tradeDay: day),
+                            identicalGroups: plan.rules?.identicalGroups ?? TaxMapping.identicalGroups(request.instruments),
+                            tradeDay: day),
             day: day)
-        let replacements = TaxMapping.replacements(request.instruments)
-        // One index of the instruments serves prices, holdings and value
-        // (this runs on every Rebalance of a household with a recent harvest).
+        let replacements = plan.rules?.replacements ?? TaxMapping.replacements(request.instruments)
         let instruments = input.instruments
-        var index: [String: Int] = [:]
-        index.reserveCapacity(instruments.count)
-        for i in instruments.indices { index[instruments[i].id] = i }
-        var held = [Double](repeating: 0, count: instruments.count)
-        var value = input.portfolio.cash
-        for h in input.portfolio.holdings {
-            guard let i = index[h.instrumentID] else { continue }
-            held[i] += h.quantity
-            value += h.quantity * instruments[i].price
+        var moving: WeightMove? = nil
+        var dates: [(day: Int, iso: String)] = []
+        func iso(_ day: Int) -> String {
+            if let known = dates.first(where: { $0.day == day }) { return known.iso }
+            let text = CivilDay.iso(day)
+            dates.append((day, text))
+            return text
         }
-        var strategicIndex: [String: Int] = [:]
-        for (k, w) in input.mandate.strategicWeights.enumerated() where strategicIndex[w.id] == nil { strategicIndex[w.id] = k }
+        plan.blocked.reserveCapacity(blockedSince.count)
         for i in instruments.indices {
             let id = instruments[i].id
             guard let harvestDay = blockedSince[id] else { continue }
-            // The first candidate that is not blocked itself.
-            let replacement = replacements[id]?.first { blockedSince[$0] == nil && index[$0] != nil }
+            var replacement: String? = nil
+            if let candidates = replacements[id] {
+                if moving == nil { moving = WeightMove(input) }
+                // The first candidate that is not blocked itself.
+                replacement = candidates.first { blockedSince[$0] == nil && moving!.index[$0] != nil }
+            }
             plan.blocked[id] = (harvestDay, replacement)
             input.mandate.blockedPurchases.insert(id)
-            var note = "\(id) is not bought until \(CivilDay.iso(harvestDay + 31)) (wash-sale window after the "
-                + "harvest on \(CivilDay.iso(harvestDay)))"
-            if let r = replacement, value > 0, let k = strategicIndex[id] {
-                let current = held[i] * instruments[i].price / value
-                let excess = max(0, input.mandate.strategicWeights[k].weight - current)
-                if excess > 0 {
-                    input.mandate.strategicWeights[k].weight -= excess
-                    if let j = strategicIndex[r] {
-                        input.mandate.strategicWeights[j].weight += excess
-                    } else {
-                        strategicIndex[r] = input.mandate.strategicWeights.count
-                        input.mandate.strategicWeights.append((id: r, weight: excess))
-                    }
-                    note += "; its unheld strategic weight goes to the replacement \(r)"
-                }
+            var note = "\(id) is not bought until \(iso(harvestDay + 31)) (wash-sale window after the "
+                + "harvest on \(iso(harvestDay)))"
+            if let r = replacement, moving!.move(from: id, at: i, to: r, in: &input) {
+                note += "; its unheld strategic weight goes to the replacement \(r)"
             }
             plan.notes.append(note)
         }
