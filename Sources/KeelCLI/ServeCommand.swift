@@ -59,6 +59,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("model-poll-interval-ms"), help: "How often to look for new model files (default 1000).")
     var modelPollIntervalMs: Int?
 
+    @Option(name: .customLong("event-loop-threads"),
+            help: "I/O threads of each transport, framed TCP and gRPC (default 1; requests run elsewhere).")
+    var eventLoopThreads: Int?
+
     @Option(name: .customLong("audit-db"), help: "SQLite audit trail file (default ./keel-audit.sqlite).")
     var auditDb: String?
 
@@ -116,6 +120,7 @@ struct ServeCommand: AsyncParsableCommand {
             ("maxConcurrentRequests", maxConcurrentRequests.map(String.init)),
             ("maxQueuedRequests", maxQueuedRequests.map(String.init)),
             ("modelPollIntervalMs", modelPollIntervalMs.map(String.init)),
+            ("eventLoopThreads", eventLoopThreads.map(String.init)),
             ("auditDb", auditDb), ("auditSync", auditSync),
             ("auditWalMaxBytes", auditWalMaxBytes.map(String.init)),
             ("approvalExpiryMinutes", approvalExpiryMinutes.map(String.init)),

@@ -24,6 +24,7 @@ extension ServerConfig {
         ("maxQueuedRequests", "KEEL_MAX_QUEUED_REQUESTS", "requests waiting before RESOURCE_EXHAUSTED"),
         ("modelPollIntervalMs", "KEEL_MODEL_POLL_INTERVAL_MS", "how often to look for new model files"),
         ("blasThreads", "KEEL_BLAS_THREADS", "OpenBLAS threads per product"),
+        ("eventLoopThreads", "KEEL_EVENT_LOOP_THREADS", "I/O threads of each transport"),
         ("auditDb", "KEEL_AUDIT_DB", "SQLite audit trail file"),
         ("auditSync", "KEEL_AUDIT_SYNC", "audit durability: full or normal"),
         ("auditWalMaxBytes", "KEEL_AUDIT_WAL_MAX_BYTES",
@@ -97,6 +98,7 @@ extension ServerConfig {
         case "maxQueuedRequests": maxQueuedRequests = try int(0...1_000_000)
         case "modelPollIntervalMs": modelPollInterval = .milliseconds(try int(10...3_600_000))
         case "blasThreads": blasThreads = try int(1...1024)
+        case "eventLoopThreads": eventLoopThreads = try int(1...256)
         case "auditDb":
             guard !text.isEmpty else { throw ConfigError("\(source) must not be empty") }
             auditDatabase = text

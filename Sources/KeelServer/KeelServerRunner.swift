@@ -11,6 +11,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// The ports a running server bound (useful with port 0).
 public struct BoundPorts: Sendable, Equatable {
@@ -111,7 +112,8 @@ public final class KeelServerRunner: Sendable {
         let framed = FramedServer(
             handler: service,
             configuration: .init(host: host, port: config.tcpPort, maxMessageBytes: config.maxMessageBytes,
-                                 defaultDeadline: config.defaultDeadline, maxInFlightBytes: config.maxInFlightBytes),
+                                 defaultDeadline: config.defaultDeadline, maxInFlightBytes: config.maxInFlightBytes,
+                                 eventLoopThreads: config.eventLoopThreads),
             logger: Logger(label: "keel.framed"))
         let tcpPort: Int
         do {
@@ -124,7 +126,7 @@ public final class KeelServerRunner: Sendable {
         let address: GRPCNIOTransportCore.SocketAddress = host.contains(":")
             ? .ipv6(host: host, port: config.grpcPort) : .ipv4(host: host, port: config.grpcPort)
         let grpc = GRPCServing(
-            address: address, maxRequestBytes: config.maxMessageBytes,
+            address: address, maxRequestBytes: config.maxMessageBytes, threads: config.eventLoopThreads,
             services: [KeelGRPCServices(handler: service, defaultDeadline: config.defaultDeadline,
                                         maxRequestBytes: config.maxMessageBytes,
                                         isShuttingDown: { gate.isDraining },
@@ -178,25 +180,43 @@ public final class KeelServerRunner: Sendable {
     }
 }
 
-/// The gRPC server as `keel serve` runs it. gRPC has an event loop of its
-/// own, and ``serve()`` makes that loop the preferred executor of the
-/// server's tasks: a call's HTTP/2 work then stays on that thread instead of
-/// hopping to the global pool and back at each step (half the context
-/// switches, 15 % less server CPU per call; RESULTS.md, eighth pass). The
-/// handlers run on the global pool (`KeelGRPCServices`), never on the loop.
+/// The gRPC server as `keel serve` runs it. With one I/O thread (the
+/// default), gRPC has an event loop of its own, and ``serve()`` makes that
+/// loop the preferred executor of the server's tasks: a call's HTTP/2 work
+/// then stays on that thread instead of hopping to the global pool and back
+/// at each step (half the context switches, 15 % less server CPU per call;
+/// RESULTS.md, eighth pass). With more threads, connections are spread over
+/// them and the calls' tasks run on the global pool, as grpc-swift runs them
+/// by default: one loop cannot be every task's executor without pulling the
+/// other loops' calls onto it. Either way the handlers run on the global
+/// pool (`KeelGRPCServices`), never on a loop.
 struct GRPCServing: Sendable {
-    /// One thread for the process's gRPC servers (one in `keel serve`), never
-    /// shut down, like NIO's singletons: NIO still hands a closed server
-    /// channel's last callbacks to its loop after `serve()` has returned, and
-    /// a loop shut down at that point refuses them.
-    static let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    static let executor = EventLoopTaskExecutor(loops.next())
+    /// The process's event loops for gRPC, one group per thread count,
+    /// created on first use and never shut down, like NIO's singletons: NIO
+    /// still hands a closed server channel's last callbacks to its loop after
+    /// `serve()` has returned, and a loop shut down at that point refuses them.
+    private static let groups = Mutex<[Int: MultiThreadedEventLoopGroup]>([:])
+    /// The one-thread group's loop, as a task executor.
+    static let executor = EventLoopTaskExecutor(group(threads: 1).next())
+
+    static func group(threads: Int) -> MultiThreadedEventLoopGroup {
+        groups.withLock { groups in
+            if let group = groups[threads] { return group }
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+            groups[threads] = group
+            return group
+        }
+    }
 
     let transport: HTTP2ServerTransport.Posix
     let server: GRPCServer<HTTP2ServerTransport.Posix>
+    /// The preferred executor of the server's tasks: the loop when there is
+    /// one thread, none (the global pool) with more.
+    let executor: EventLoopTaskExecutor?
 
-    init(address: GRPCNIOTransportCore.SocketAddress, maxRequestBytes: Int, services: [any RegistrableRPCService],
-         interceptors: [any ServerInterceptor] = []) {
+    init(address: GRPCNIOTransportCore.SocketAddress, maxRequestBytes: Int, threads: Int = 1,
+         services: [any RegistrableRPCService], interceptors: [any ServerInterceptor] = []) {
+        let threads = max(1, threads)
         transport = HTTP2ServerTransport.Posix(
             address: address, transportSecurity: .plaintext,
             config: .defaults {
@@ -205,13 +225,18 @@ struct GRPCServing: Sendable {
                 // unary answer then waits for the timer. Off: 100 to 170 us
                 // lower p50 at 500/s (RESULTS.md, eighth pass).
                 $0.connection.flushCoalescing = nil
-            }, eventLoopGroup: Self.loops)
+            }, eventLoopGroup: Self.group(threads: threads))
         server = GRPCServer(transport: transport, services: services, interceptors: interceptors)
+        executor = threads == 1 ? Self.executor : nil
     }
 
     func serve() async throws {
         let server = self.server
-        try await withTaskExecutorPreference(Self.executor) { try await server.serve() }
+        if let executor {
+            try await withTaskExecutorPreference(executor) { try await server.serve() }
+        } else {
+            try await server.serve()
+        }
     }
 }
 

@@ -25,6 +25,11 @@ public struct ServerConfig: Sendable, Equatable {
     public var modelPollInterval: Duration = .seconds(1)
     /// Threads OpenBLAS may use per product (1: parallelism comes from requests).
     public var blasThreads = 1
+    /// I/O threads of each transport (framed TCP and gRPC). Requests never
+    /// run on them (the handlers run on the global pool), so one per
+    /// transport suits a small machine; raise it where a transport's one
+    /// thread becomes the limit (docs/OPERATIONS.md, "Threads").
+    public var eventLoopThreads = 1
     /// The SQLite audit trail (created when missing).
     public var auditDatabase = "./keel-audit.sqlite"
     /// SQLite `synchronous` for the audit trail: full (survives power loss)

@@ -69,11 +69,14 @@ struct ServerTests {
         return try req.serializedBytes()
     }
 
-    @Test("Rebalance answers identically over framed TCP and gRPC", arguments: [1, 10, 100])
-    func bothTransports(assets: Int) async throws {
+    @Test("Rebalance answers identically over framed TCP and gRPC, with one I/O thread per transport or more",
+          arguments: zip([1, 10, 100, 100], [1, 1, 1, 2]))
+    func bothTransports(assets: Int, eventLoopThreads: Int) async throws {
         let dir = try Self.makeRepository()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let server = try await KeelServerRunner(config: Self.config(models: dir), logger: Logger(label: "test")).start()
+        var config = Self.config(models: dir)
+        config.eventLoopThreads = eventLoopThreads
+        let server = try await KeelServerRunner(config: config, logger: Logger(label: "test")).start()
         let framed = try await KeelClients.connect(Endpoint(transport: .tcp, host: "127.0.0.1", port: server.ports.tcp))
         let grpc = try await KeelClients.connect(Endpoint(transport: .grpc, host: "127.0.0.1", port: server.ports.grpc))
         let request = try Self.rebalanceBytes(assets: assets)
@@ -260,6 +263,25 @@ struct ConfigTests {
         }
     }
 
+    @Test("the transports' I/O threads: one each by default, 1 to 256")
+    func eventLoopThreads() throws {
+        var c = ServerConfig()
+        #expect(c.eventLoopThreads == 1)
+        try c.apply(environment: ["KEEL_EVENT_LOOP_THREADS": "4"])
+        #expect(c.eventLoopThreads == 4)
+        try c.apply(json: Data(#"{"eventLoopThreads": 2}"#.utf8), source: "keel.json")
+        #expect(c.eventLoopThreads == 2)
+        for value in ["0", "257", "many"] {
+            do {
+                try c.set("eventLoopThreads", value, source: "--event-loop-threads")
+                Issue.record("\(value) I/O threads were accepted")
+            } catch {
+                #expect(error.message.contains("--event-loop-threads"), "\(error.message)")
+            }
+        }
+        #expect(c.eventLoopThreads == 2)
+    }
+
     @Test("duplicate ports are refused")
     func duplicatePorts() throws {
         var c = ServerConfig()
@@ -339,12 +361,12 @@ private final class LoopProbe: ServerInterceptor {
 
 @Suite("gRPC bridge")
 struct GRPCBridgeTests {
-    @Test("served as keel serve does, a call's task runs on the gRPC event loop and its handler off every loop",
-          arguments: [RPCMethod.rebalance, .listModels])
-    func handlerRunsOffTheEventLoop(_ method: RPCMethod) async throws {
+    @Test("served as keel serve does, a call's handler runs off every loop, and with one I/O thread its task on that loop",
+          arguments: [RPCMethod.rebalance, .listModels], [1, 3])
+    func handlerRunsOffTheEventLoop(_ method: RPCMethod, threads: Int) async throws {
         let probe = LoopProbe()
         let grpc = GRPCServing(
-            address: .ipv4(host: "127.0.0.1", port: 0), maxRequestBytes: 1 << 20,
+            address: .ipv4(host: "127.0.0.1", port: 0), maxRequestBytes: 1 << 20, threads: threads,
             services: [KeelGRPCServices(handler: WhereHandler(), defaultDeadline: .seconds(1),
                                         maxRequestBytes: 1 << 20, isShuttingDown: { false },
                                         budget: PayloadBudget(limit: 1 << 30))],
@@ -361,7 +383,9 @@ struct GRPCBridgeTests {
         }
         await client.close()
         #expect(probe.calls.withLock { $0 } == 20)
-        #expect(probe.onLoop.withLock { $0 } == 20)
+        // With more threads the calls' tasks run on the global pool (grpc-swift's default).
+        #expect(probe.onLoop.withLock { $0 } == (threads == 1 ? 20 : 0))
+        #expect(GRPCServing.group(threads: threads).makeIterator().map { _ in 1 }.count == threads)
         grpc.server.beginGracefulShutdown()
         _ = try? await serving.value
     }
