@@ -172,7 +172,8 @@ public final class KeelServerRunner: Sendable {
         let ports = BoundPorts(grpc: grpcPort, tcp: tcpPort, metrics: metricsPort)
         logger.info("keel serving grpc=\(host):\(grpcPort) tcp=\(host):\(tcpPort) metrics=\(host):\(metricsPort)",
                     metadata: ["models": "\(config.modelsDirectory)", "loaded": "\(loaded.count)",
-                               "blas_threads": "\(Blas.threads)", "blas_core": "\(Blas.coreName)"])
+                               "blas_threads": "\(Blas.threads)", "blas_core": "\(Blas.coreName)",
+                               "event_loop_threads": "\(config.eventLoopThreads)"])
         if let warning = Blas.kernelWarning { logger.warning("\(warning)") }
         return RunningServer(ports: ports, repository: repository, service: service, gate: gate, framed: framed,
                              grpcServer: grpcServer, grpcTask: grpcTask, metricsChannel: metricsChannel,
@@ -199,8 +200,11 @@ struct GRPCServing: Sendable {
     /// The one-thread group's loop, as a task executor.
     static let executor = EventLoopTaskExecutor(group(threads: 1).next())
 
+    /// The group of `threads` threads (at least 1). Each thread count asked
+    /// for keeps its threads for the life of the process (one in `keel serve`).
     static func group(threads: Int) -> MultiThreadedEventLoopGroup {
-        groups.withLock { groups in
+        let threads = max(1, threads)
+        return groups.withLock { groups in
             if let group = groups[threads] { return group }
             let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
             groups[threads] = group
@@ -210,6 +214,8 @@ struct GRPCServing: Sendable {
 
     let transport: HTTP2ServerTransport.Posix
     let server: GRPCServer<HTTP2ServerTransport.Posix>
+    /// The event loops the transport runs on.
+    let group: MultiThreadedEventLoopGroup
     /// The preferred executor of the server's tasks: the loop when there is
     /// one thread, none (the global pool) with more.
     let executor: EventLoopTaskExecutor?
@@ -217,6 +223,8 @@ struct GRPCServing: Sendable {
     init(address: GRPCNIOTransportCore.SocketAddress, maxRequestBytes: Int, threads: Int = 1,
          services: [any RegistrableRPCService], interceptors: [any ServerInterceptor] = []) {
         let threads = max(1, threads)
+        let group = Self.group(threads: threads)
+        self.group = group
         transport = HTTP2ServerTransport.Posix(
             address: address, transportSecurity: .plaintext,
             config: .defaults {
@@ -225,7 +233,7 @@ struct GRPCServing: Sendable {
                 // unary answer then waits for the timer. Off: 100 to 170 us
                 // lower p50 at 500/s (RESULTS.md, eighth pass).
                 $0.connection.flushCoalescing = nil
-            }, eventLoopGroup: Self.group(threads: threads))
+            }, eventLoopGroup: group)
         server = GRPCServer(transport: transport, services: services, interceptors: interceptors)
         executor = threads == 1 ? Self.executor : nil
     }

@@ -752,7 +752,8 @@ public final class KeelService: RequestHandler {
         // This runs on every Rebalance of a household with a recent harvest,
         // so it reuses the groups and replacements the rules already hold and
         // builds the index, holdings and strategic positions that moving a
-        // weight to a replacement needs only once some blocked instrument has one.
+        // weight to a replacement needs only once some blocked instrument has
+        // replacement candidates.
         // Each harvested instrument blocks itself and its substantially identical group.
         let blockedSince = TaxLossHarvester.blockedPurchaseDays(
             harvested: harvested,

@@ -385,7 +385,9 @@ struct GRPCBridgeTests {
         #expect(probe.calls.withLock { $0 } == 20)
         // With more threads the calls' tasks run on the global pool (grpc-swift's default).
         #expect(probe.onLoop.withLock { $0 } == (threads == 1 ? 20 : 0))
-        #expect(GRPCServing.group(threads: threads).makeIterator().map { _ in 1 }.count == threads)
+        #expect(grpc.group === GRPCServing.group(threads: threads))
+        #expect(grpc.group.makeIterator().map { _ in 1 }.count == threads)
+        #expect((grpc.executor != nil) == (threads == 1))
         grpc.server.beginGracefulShutdown()
         _ = try? await serving.value
     }
