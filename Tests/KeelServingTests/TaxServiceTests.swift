@@ -326,11 +326,10 @@ struct TaxServiceTests {
         #expect(status?.message.contains("portfolio.holdings[0].lots add up to 200.0 shares") == true, "\(status?.message ?? "")")
     }
 
-    @Test("a recent harvest blocks repurchases without lots or a tax context too (the rules are then not built)")
-    func aHarvestBlocksWithoutLotsOrTaxContext() async throws {
-        let f = try Self.fixture()
-        f.service.harvestMemory.record(household: "H1", instruments: ["VTI"], day: TaxMapping.today())
-        var r = KeelServiceTests.rebalanceRequest(instruments: ["VTI", "SCHB", "ITOT", "BND"], account: "A3")
+    /// Household H1 with no holdings, VTI and ITOT substantially identical,
+    /// SCHB VTI's replacement, and strategic weights on all four.
+    static func blockedHouseholdRequest(account: String) -> Keel_V1_RebalanceRequest {
+        var r = KeelServiceTests.rebalanceRequest(instruments: ["VTI", "SCHB", "ITOT", "BND"], account: account)
         r.portfolio.householdID = "H1"
         r.portfolio.holdings = []
         r.instruments[0].replacementForTax = "SCHB"
@@ -338,37 +337,38 @@ struct TaxServiceTests {
         r.instruments[2].substantiallyIdenticalGroup = "US"
         r.mandate.strategicWeights = [.with { $0.id = "VTI"; $0.weight = 0.4 }, .with { $0.id = "ITOT"; $0.weight = 0.1 },
                                       .with { $0.id = "SCHB"; $0.weight = 0.1 }, .with { $0.id = "BND"; $0.weight = 0.3 }]
-        #expect(!r.hasTax && r.portfolio.holdings.allSatisfy { $0.lots.isEmpty })
-        let blocked = try await KeelServiceTests.call(f.service, .rebalance, r, as: Keel_V1_RebalanceResponse.self).get()
+        return r
+    }
+
+    /// VTI (harvested) and ITOT (identical) are not bought; SCHB stands in
+    /// for VTI with its unheld strategic weight. `until`: the date in the notes.
+    static func expectBlocked(_ blocked: Keel_V1_RebalanceResponse, until: String) throws {
         #expect(!blocked.orders.contains { $0.side == .buy && ($0.instrumentID == "VTI" || $0.instrumentID == "ITOT") })
-        #expect(blocked.note.contains("VTI is not bought until"), "\(blocked.note)")
+        #expect(blocked.note.contains("VTI is not bought until\(until)"), "\(blocked.note)")
         #expect(blocked.note.contains("its unheld strategic weight goes to the replacement SCHB"))
-        #expect(blocked.note.contains("ITOT is not bought until"))
+        #expect(blocked.note.contains("ITOT is not bought until\(until)"))
         let schb = try #require(blocked.orders.first { $0.instrumentID == "SCHB" })
         #expect(schb.reasons.contains(.washSaleBlock))
         #expect(schb.explanation.contains("It stands in for VTI"))
     }
 
+    @Test("a recent harvest blocks repurchases without lots or a tax context too (the rules are then not built)")
+    func aHarvestBlocksWithoutLotsOrTaxContext() async throws {
+        let f = try Self.fixture()
+        f.service.harvestMemory.record(household: "H1", instruments: ["VTI"], day: TaxMapping.today())
+        let r = Self.blockedHouseholdRequest(account: "A3")
+        #expect(!r.hasTax && r.portfolio.holdings.allSatisfy { $0.lots.isEmpty })
+        let blocked = try await KeelServiceTests.call(f.service, .rebalance, r, as: Keel_V1_RebalanceResponse.self).get()
+        try Self.expectBlocked(blocked, until: "")
+    }
+
     @Test func aHarvestedInstrumentIsNotBoughtBackAndItsReplacementStandsIn() async throws {
         let f = try Self.fixture()
         _ = try await Self.harvest(f, Self.request()).get()
-        var r = KeelServiceTests.rebalanceRequest(instruments: ["VTI", "SCHB", "ITOT", "BND"], account: "A2")
-        r.portfolio.householdID = "H1"
-        r.portfolio.holdings = []
-        r.instruments[0].replacementForTax = "SCHB"
-        r.instruments[0].substantiallyIdenticalGroup = "US"
-        r.instruments[2].substantiallyIdenticalGroup = "US"
-        r.mandate.strategicWeights = [.with { $0.id = "VTI"; $0.weight = 0.4 }, .with { $0.id = "ITOT"; $0.weight = 0.1 },
-                                      .with { $0.id = "SCHB"; $0.weight = 0.1 }, .with { $0.id = "BND"; $0.weight = 0.3 }]
+        var r = Self.blockedHouseholdRequest(account: "A2")
         r.tax = .with { $0.tradeDate = "2026-12-01" }
         let blocked = try await KeelServiceTests.call(f.service, .rebalance, r, as: Keel_V1_RebalanceResponse.self).get()
-        #expect(!blocked.orders.contains { $0.side == .buy && ($0.instrumentID == "VTI" || $0.instrumentID == "ITOT") })
-        #expect(blocked.note.contains("VTI is not bought until 2026-12-21"), "\(blocked.note)")
-        #expect(blocked.note.contains("its unheld strategic weight goes to the replacement SCHB"))
-        #expect(blocked.note.contains("ITOT is not bought until 2026-12-21"))
-        let schb = try #require(blocked.orders.first { $0.instrumentID == "SCHB" })
-        #expect(schb.reasons.contains(.washSaleBlock))
-        #expect(schb.explanation.contains("It stands in for VTI"))
+        try Self.expectBlocked(blocked, until: " 2026-12-21")
         #expect(blocked.compliance.checks.contains { $0.rule == "tax.repurchase_block" && $0.passed })
         // From day 31 on, VTI is bought again.
         r.tax.tradeDate = "2026-12-21"
