@@ -66,8 +66,16 @@ while let flag = args.popFirst() {
     }
 }
 
-let model = try Model(contentsOf: modelPath)
-let scorer = SessionScorer(session: try model.makeSession(), featureNames: model.featureNames ?? [])
+let model: Model
+let scorer: SessionScorer
+do {
+    model = try Model(contentsOf: modelPath)
+    scorer = SessionScorer(session: try model.makeSession(), featureNames: model.featureNames ?? [])
+} catch {
+    // Run from the repository's root, or pass --model.
+    FileHandle.standardError.write(Data("keel-engine-bench: \(error)\n".utf8))
+    exit(66)
+}
 var config = EngineConfig()
 if let top = ProcessInfo.processInfo.environment["KEEL_BENCH_TOP_FEATURES"], let k = Int(top) { config.topFeatures = k }
 let engine = RebalanceEngine(config: config)
