@@ -205,6 +205,10 @@ public final class AuditLog: Sendable {
     var queuedCount: Int { writer.queuedCount }
     /// WAL restarts the writer has done past ``walLimit`` (tests).
     var walRestarts: Int { writer.walRestarts }
+    /// WAL restarts past ``walLimit`` that readers held off (tests).
+    var walRestartsHeldOff: Int { writer.walRestartsHeldOff }
+    /// Checkpoint passes the checkpoint thread has run (tests).
+    var checkpointPasses: Int { checkpointer.passes.load(ordering: .relaxed) }
     /// Whether the checkpoint thread runs under SCHED_IDLE; nil until it has
     /// started (tests).
     var checkpointerInBackground: Bool? { checkpointer.inBackground.withLock { $0 } }
@@ -283,6 +287,41 @@ final class WALStatus: Sendable {
     #endif
 }
 
+/// What the writer does about the WAL after a batch.
+enum WALStep: Equatable {
+    /// At or under ``AuditLog/walLimit``: nothing; the checkpointer copies.
+    case underLimit
+    /// Over it, but readers held the last restart off and its back-off
+    /// (`retryAt`) has not passed: the checkpointer copies meanwhile.
+    case backOff
+    /// Over it: the checkpointer starts no pass; restart the WAL now.
+    case restart
+
+    init(frames: Int, limit: Int, retryAt: ContinuousClock.Instant?, now: ContinuousClock.Instant) {
+        if frames <= limit {
+            self = .underLimit
+        } else if let retryAt, now < retryAt {
+            self = .backOff
+        } else {
+            self = .restart
+        }
+    }
+}
+
+/// Names the calling thread for `top -H`, `ps -L` and `perf` (Linux; a
+/// no-op elsewhere, and where it fails). Foundation's `Thread.name` does not
+/// reach the OS thread on Linux, and Glibc's Swift overlay has no
+/// `pthread_setname_np`; the kernel keeps the first 15 bytes.
+func nameCurrentThread(_ name: String) {
+    #if os(Linux)
+    let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    let bytes = Array(name.utf8.prefix(15))
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    #endif
+}
+
 // MARK: - Checkpointer
 
 /// Checkpoints the WAL from its own connection and thread (PASSIVE: it
@@ -309,6 +348,9 @@ final class WALStatus: Sendable {
 /// requests; when the machine is saturated it waits, and the WAL grows until
 /// the load eases.
 final class Checkpointer: Sendable {
+    /// The thread's name as `top -H` and `/proc/PID/task/TID/comm` show it
+    /// (at most 15 bytes on Linux).
+    static let threadName = "keel-checkpoint"
     static let idleInterval: DispatchTimeInterval = .milliseconds(200)
     /// The wait between passes while records arrive.
     let busyInterval: DispatchTimeInterval
@@ -334,7 +376,6 @@ final class Checkpointer: Sendable {
     func start() {
         started.withLock { $0 = true }
         let thread = Thread { [self] in run() }
-        thread.name = "keel-audit-checkpoint"
         thread.start()
     }
 
@@ -354,6 +395,7 @@ final class Checkpointer: Sendable {
     /// them are copied (nil when the pass failed).
     @discardableResult
     private func checkpoint() -> (frames: Int64, copied: Int64)? {
+        passes.add(1, ordering: .relaxed)
         let pass = try? database.writeWithoutTransaction { db -> (frames: Int64, copied: Int64)? in
             guard let row = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(PASSIVE)"),
                   let frames = row[1] as Int64?, let copied = row[2] as Int64? else { return nil }
@@ -372,6 +414,8 @@ final class Checkpointer: Sendable {
 
     /// Whether the thread runs under SCHED_IDLE; nil until it started (tests).
     let inBackground = Mutex<Bool?>(nil)
+    /// PASSIVE passes run so far (tests).
+    let passes = Atomic<Int>(0)
 
     /// Above this many bytes the WAL file is truncated once the log is idle.
     let truncateAbove: Int
@@ -401,6 +445,7 @@ final class Checkpointer: Sendable {
     }
 
     private func run() {
+        nameCurrentThread(Self.threadName)
         let background = Self.runInBackground()
         inBackground.withLock { $0 = background }
         #if os(Linux)
@@ -451,6 +496,8 @@ final class Checkpointer: Sendable {
 /// The thread holds a reference to this object, not to the log, so releasing
 /// the log closes it.
 private final class Writer: Sendable {
+    /// The thread's name (at most 15 bytes on Linux).
+    static let threadName = "keel-audit"
     typealias Completion = @Sendable (Result<AuditReceipt, AuditError>) -> Void
 
     struct Pending {
@@ -472,6 +519,8 @@ private final class Writer: Sendable {
         var closing = false
         var paused = false
         var walRestarts = 0
+        /// WAL restarts that readers held off.
+        var walRestartsHeldOff = 0
         var transactionCount = 0
         /// nil until ``accountsWithDecisions()`` first reads them.
         var accounts: Set<String>?
@@ -523,7 +572,6 @@ private final class Writer: Sendable {
 
     func start() {
         let thread = Thread { [self] in run() }
-        thread.name = "keel-audit-writer"
         thread.start()
     }
 
@@ -532,6 +580,7 @@ private final class Writer: Sendable {
     var transactionCount: Int { state.withLock { $0.transactionCount } }
     var queuedCount: Int { state.withLock { $0.queue.count } }
     var walRestarts: Int { state.withLock { $0.walRestarts } }
+    var walRestartsHeldOff: Int { state.withLock { $0.walRestartsHeldOff } }
 
     func enqueue(_ entry: AuditEntry, _ complete: @escaping Completion) throws(AuditError) {
         let signal = try state.withLock { (s: inout State) throws(AuditError) -> Bool in
@@ -578,6 +627,7 @@ private final class Writer: Sendable {
     }
 
     private func run() {
+        nameCurrentThread(Self.threadName)
         // When the next WAL restart may be tried after one that readers held
         // off, and the wait after the next such one (20 ms, doubling up to 5 s).
         var retryAt: ContinuousClock.Instant? = nil
@@ -604,16 +654,21 @@ private final class Writer: Sendable {
                 // itself (the checkpointer copies frames while new ones keep
                 // coming): past the limit, restart it here, between two batches.
                 let frames = wal.frames.load(ordering: .relaxed)
-                guard frames > walLimitFrames else {
+                switch WALStep(frames: frames, limit: walLimitFrames, retryAt: retryAt, now: .now) {
+                case .underLimit, .backOff:
                     // Under the limit (again: a restart by SQLite itself once
-                    // readers let go counts too): the checkpointer carries on.
+                    // readers let go counts too), or waiting after readers
+                    // held the last restart off: the checkpointer carries on
+                    // (up to what readers still use), so the next try finds
+                    // little left to copy and sync while commits wait.
                     wal.overLimit.store(false, ordering: .relaxed)
                     continue
+                case .restart:
+                    // The checkpointer starts no pass from now until the
+                    // restart got through, so that its lock does not keep
+                    // refusing it.
+                    wal.overLimit.store(true, ordering: .relaxed)
                 }
-                // The checkpointer starts no pass from now until the restart
-                // got through, so that its lock does not keep refusing it.
-                wal.overLimit.store(true, ordering: .relaxed)
-                guard retryAt.map({ ContinuousClock.now >= $0 }) ?? true else { continue }
                 switch restartWAL(frames: frames) {
                 case .restarted:
                     retryAt = nil
@@ -627,6 +682,8 @@ private final class Writer: Sendable {
                     // each attempt costs syncs, so wait before the next.
                     retryAt = .now + backoff
                     backoff = min(backoff * 2, .seconds(5))
+                    wal.overLimit.store(false, ordering: .relaxed)
+                    state.withLock { $0.walRestartsHeldOff += 1 }
                 }
             case .sleep:
                 // Idle: the checkpointer may copy and truncate again.

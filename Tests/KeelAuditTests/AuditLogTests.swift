@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import KeelAPI
+import Synchronization
 import Testing
 
 @testable import KeelAudit
@@ -392,6 +393,84 @@ struct AuditLogTests {
         #expect(verification.records == 3200 && verification.firstBroken == nil)
     }
 
+    /// Without passes during the back-off, the restart after the reader lets
+    /// go would copy (and sync) everything written meanwhile, up to 5 s of
+    /// records, while the commits behind it wait.
+    @Test("over the WAL limit with a reader holding it, the checkpointer keeps copying while the restart waits")
+    func walLimitWithReader() async throws {
+        let scratch = try ScratchDirectory()
+        let path = scratch.path("audit.db")
+        let log = try AuditLog(path: path, durability: .normal, maxBatch: 1, maxQueued: 4096,
+                               walTruncateAbove: 1 << 40, walLimit: AuditLog.minimumWALLimit)
+        var record = Records.decisionRecord(account: "A", decision: "D")
+        record.response.summary = String(repeating: "x", count: 8 << 10)
+        let payload: [UInt8] = try record.serializedBytes()
+        for k in 0..<4 {
+            _ = try log.appendAndWait(AuditEntry(kind: .decision, accountID: "A", decisionID: "first-\(k)", payload: payload))
+        }
+        // A reader (an export of the live file, say) holds its snapshot until released.
+        let release = DispatchSemaphore(value: 0)
+        let reader = try DatabaseQueue(path: path, configuration: { var c = Configuration(); c.readonly = true; return c }())
+        let holding = Task.detached {
+            try reader.read { db in
+                _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM audit_records")
+                release.wait()
+            }
+        }
+        // 3,000 appends queued while the writer is held, then let go: it
+        // commits them one by one without ever idling (an idle writer lets
+        // the checkpointer run anyway): some 25 MB of WAL.
+        log.pauseWriter()
+        let count = 3000
+        let load = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for k in 0..<count {
+                    group.addTask {
+                        _ = try await log.append(AuditEntry(kind: .decision, accountID: "A\(k % 16)",
+                                                            decisionID: "D\(k)", payload: payload))
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        for _ in 0..<1000 where log.queuedCount < count { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(log.queuedCount == count)
+        log.resumeWriter()
+        // The WAL passes its 1 MiB limit; the reader holds the restart off.
+        var heldOff = 0
+        for _ in 0..<3000 where heldOff == 0 {
+            try await Task.sleep(for: .milliseconds(1))
+            heldOff = log.walRestartsHeldOff
+        }
+        #expect(heldOff >= 1, "no WAL restart was held off by the reader")
+        // During the back-off that follows, the checkpointer still runs passes.
+        let before = log.checkpointPasses
+        try await Task.sleep(for: .milliseconds(200))
+        let during = log.checkpointPasses - before
+        #expect(log.queuedCount > 0, "the writer ran out of work: the measurement is void")
+        #expect(during >= 3, "the checkpointer ran \(during) passes in 200 ms of back-off")
+        release.signal()
+        try await holding.value
+        try await load.value
+        log.close()
+        let verification = try AuditReader.verify(path: path)
+        #expect(verification.records == Int64(4 + count) && verification.firstBroken == nil)
+    }
+
+    @Test("the writer restarts the WAL past its limit, except while readers' back-off lasts", arguments: [
+        (900, nil, WALStep.underLimit),   // under the limit
+        (1000, nil, .underLimit),         // at it
+        (1001, nil, .restart),            // over it, no earlier refusal
+        (5000, 20, .backOff),             // over it, 20 ms of back-off left
+        (5000, -1, .restart),             // over it, back-off passed
+        (900, 20, .underLimit),           // back under it (SQLite restarted the WAL)
+    ] as [(Int, Int?, WALStep)])
+    func walSteps(frames: Int, retryInMilliseconds: Int?, step: WALStep) {
+        let now = ContinuousClock.now
+        let retryAt = retryInMilliseconds.map { now + .milliseconds($0) }
+        #expect(WALStep(frames: frames, limit: 1000, retryAt: retryAt, now: now) == step)
+    }
+
     @Test("a WAL limit under 1 MiB is refused")
     func walLimitTooSmall() throws {
         let scratch = try ScratchDirectory()
@@ -414,6 +493,29 @@ struct AuditLogTests {
         _ = try fill(log, count: 3)
         log.close()
         #expect(try AuditReader.verify(path: scratch.path("audit.db")).records == 3)
+    }
+
+    /// Operators find the two threads by name (`top -H`, `perf`); without
+    /// the name they show their creator's (a dispatch worker's).
+    @Test("the writer and checkpoint threads carry their names")
+    func threadNames() async throws {
+        let scratch = try ScratchDirectory()
+        let log = try AuditLog(path: scratch.path("audit.db"), durability: .normal)
+        func names() -> Set<String> {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return Set(tasks.compactMap { task in
+                (try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8))?
+                    .trimmingCharacters(in: .newlines)
+            })
+        }
+        let wanted: Set = ["keel-audit", "keel-checkpoint"]
+        var found = names()
+        for _ in 0..<200 where !wanted.isSubset(of: found) {
+            try await Task.sleep(for: .milliseconds(10))
+            found = names()
+        }
+        #expect(wanted.isSubset(of: found), "threads named \(found.sorted())")
+        log.close()
     }
     #endif
 
@@ -601,3 +703,4 @@ struct AuditLogTests {
         log.close()
     }
 }
+
