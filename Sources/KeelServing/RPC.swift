@@ -88,13 +88,35 @@ public enum RPCStatusCode: Int32, Sendable, CaseIterable, CustomStringConvertibl
 }
 
 /// A failed request: a code and a message naming what is wrong.
+///
+/// The message is at most ``maxMessageBytes`` UTF-8 bytes: longer ones are
+/// cut, with a note saying so. Messages quote the request's offending values,
+/// and gRPC carries the message in a header (`grpc-message`) that clients
+/// refuse past a few KB: a 100 KB bad date reached grpcio as
+/// RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead of
+/// the INVALID_ARGUMENT naming the field.
 public struct RPCStatus: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Longest message, in UTF-8 bytes (percent-encoded in gRPC's header,
+    /// at most three times as many: under grpcio's 8 KB default).
+    public static let maxMessageBytes = 2048
+
     public var code: RPCStatusCode
-    public var message: String
+    public private(set) var message: String
 
     public init(_ code: RPCStatusCode, _ message: String) {
         self.code = code
-        self.message = message
+        self.message = Self.bounded(message)
+    }
+
+    /// `message` cut to ``maxMessageBytes`` at a Unicode scalar boundary,
+    /// ending with a note of its full length; unchanged when it fits.
+    static func bounded(_ message: String) -> String {
+        let count = message.utf8.count
+        guard count > maxMessageBytes else { return message }
+        let note = " [message cut: \(count) bytes]"
+        var end = message.utf8.index(message.utf8.startIndex, offsetBy: maxMessageBytes - note.utf8.count)
+        while end.samePosition(in: message.unicodeScalars) == nil { end = message.utf8.index(before: end) }
+        return String(message.unicodeScalars[..<end]) + note
     }
 
     public var description: String { "\(code): \(message)" }

@@ -316,6 +316,42 @@ struct KeelServiceTests {
         #expect(f.metrics.value("keel_requests_total", [("method", "Rebalance"), ("code", "INVALID_ARGUMENT")]) == 1)
     }
 
+    @Test("a message quoting a long bad value is cut to its limit and still names the field")
+    func longBadValue() async throws {
+        let f = try Self.fixture()
+        var request = Self.rebalanceRequest(instruments: ["AAA", "BBB"])
+        request.tax.tradeDate = String(repeating: "x", count: 100_000)
+        let result = try await Self.call(f.service, .rebalance, request, as: Keel_V1_RebalanceResponse.self)
+        guard case .failure(let status) = result else {
+            Issue.record("a 100 KB trade date was accepted")
+            return
+        }
+        #expect(status.code == .invalidArgument)
+        #expect(status.message.hasPrefix("tax.trade_date 'xxx"), "\(status.message.prefix(80))")
+        #expect(status.message.utf8.count <= RPCStatus.maxMessageBytes)
+        #expect(status.message.contains("[message cut: "), "\(status.message.suffix(80))")
+    }
+
+    @Test("status messages over the limit are cut at a scalar boundary, with their length", arguments: [
+        (String(repeating: "a", count: 100), false),
+        (String(repeating: "a", count: RPCStatus.maxMessageBytes), false),
+        (String(repeating: "a", count: RPCStatus.maxMessageBytes + 1), true),
+        (String(repeating: "é", count: 3_000), true),   // 2 bytes each
+        (String(repeating: "💥", count: 1_000), true),  // 4 bytes each
+    ])
+    func messageBound(message: String, cut: Bool) {
+        let bounded = RPCStatus(.invalidArgument, message).message
+        #expect(bounded.utf8.count <= RPCStatus.maxMessageBytes)
+        if cut {
+            #expect(bounded.hasSuffix(" [message cut: \(message.utf8.count) bytes]"))
+            let kept = bounded.dropLast(" [message cut: \(message.utf8.count) bytes]".count)
+            #expect(message.hasPrefix(kept) && !kept.contains("\u{FFFD}"))
+            #expect(bounded.utf8.count > RPCStatus.maxMessageBytes - 4)
+        } else {
+            #expect(bounded == message)
+        }
+    }
+
     /// Requests the engine must refuse, each with the message that names the problem.
     enum BadRebalance: CaseIterable, Sendable {
         case noInstruments, emptyID, negativePrice, tinyPrice, hugeHistoryPrice, unknownHolding, riskTolerance,

@@ -205,6 +205,23 @@ def test_bad_requests_get_invalid_argument_and_server_keeps_serving(server, stub
         assert len(ok.targets) == 4
 
 
+def test_a_long_bad_value_gets_invalid_argument_naming_the_field(server, stubs):
+    """Error messages quote the offending value; gRPC carries them in a header that
+    grpcio refuses past its metadata limit (it reported RESOURCE_EXHAUSTED, "received
+    metadata size exceeds hard limit", for a 100 KB date). The server cuts them."""
+    with channel(server) as ch:
+        stub = stubs.service_grpc.RebalancerStub(ch)
+        for size in (100, 100_000, 1_000_000):
+            bad = rebalance_request(stubs, 3)
+            bad.tax.trade_date = "x" * size
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Rebalance(bad, timeout=5)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (size, e.value.details())
+            assert e.value.details().startswith("tax.trade_date 'xxx"), e.value.details()[:80]
+            assert len(e.value.details().encode()) <= 2048
+        assert len(stub.Rebalance(rebalance_request(stubs, 3), timeout=5).targets) == 3
+
+
 def test_rebalance_deadline_exceeded(server, stubs):
     with channel(server) as ch:
         stub = stubs.service_grpc.RebalancerStub(ch)
