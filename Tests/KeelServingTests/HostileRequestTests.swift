@@ -26,7 +26,7 @@ struct HostileRequestTests {
         /// A plausible number two times in three, otherwise an edge case.
         mutating func number() -> Double {
             if below(3) != 0 { return Double(below(1000)) / Double(1 + below(999)) }
-            let edges: [Double] = [.nan, .infinity, -.infinity, 0, -0.0, -1, 1e308, -1e308, 1e-308, 5e-324,
+            let edges: [Double] = [.nan, .infinity, -.infinity, 0, -0.0, -1, 1e308, -1e308, 1e-308, .leastNonzeroMagnitude,
                                    .greatestFiniteMagnitude, 0.999999999, 1.0000001, 1e12]
             return edges[below(edges.count)]
         }
@@ -118,8 +118,8 @@ struct HostileRequestTests {
             case 4: r.instruments[i].averageDailyVolume = random.number()
             case 5: r.instruments[i].priceHistory = []
             case 6:
-                let history = r.instruments[i].priceHistory
-                r.instruments[i].priceHistory[random.below(history.count)].price = random.number()
+                let history = r.instruments[i].priceHistory  // empty after case 5 on the same instrument
+                if !history.isEmpty { r.instruments[i].priceHistory[random.below(history.count)].price = random.number() }
             case 7: r.instruments[i].id = random.text()
             case 8: r.instruments[i].assetClass = Keel_V1_AssetClass(rawValue: random.below(12)) ?? .UNRECOGNIZED(77)
             case 9:
