@@ -89,12 +89,13 @@ public enum RPCStatusCode: Int32, Sendable, CaseIterable, CustomStringConvertibl
 
 /// A failed request: a code and a message naming what is wrong.
 ///
-/// The message is at most ``maxMessageBytes`` UTF-8 bytes: longer ones are
-/// cut, with a note saying so. Messages quote the request's offending values,
-/// and gRPC carries the message in a header (`grpc-message`) that clients
-/// refuse past a few KB: a 100 KB bad date reached grpcio as
-/// RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead of
-/// the INVALID_ARGUMENT naming the field.
+/// The message is at most ``maxMessageBytes`` UTF-8 bytes: a longer one
+/// keeps its beginning and its end, and says how much of the middle was cut.
+/// Messages quote the request's offending values, and gRPC carries the
+/// message in a header (`grpc-message`) that clients refuse past a few KB: a
+/// 100 KB bad date reached grpcio as RESOURCE_EXHAUSTED "received metadata
+/// size exceeds hard limit" instead of the INVALID_ARGUMENT naming the field.
+/// The beginning names the field; the end says what is wrong with its value.
 public struct RPCStatus: Error, Sendable, Equatable, CustomStringConvertible {
     /// Longest message, in UTF-8 bytes (percent-encoded in gRPC's header,
     /// at most three times as many: under grpcio's 8 KB default).
@@ -108,15 +109,22 @@ public struct RPCStatus: Error, Sendable, Equatable, CustomStringConvertible {
         self.message = Self.bounded(message)
     }
 
-    /// `message` cut to ``maxMessageBytes`` at a Unicode scalar boundary,
-    /// ending with a note of its full length; unchanged when it fits.
+    /// `message` unchanged when it fits in ``maxMessageBytes``; otherwise
+    /// its first two thirds and last third of the room, cut between Unicode
+    /// scalars, around a note of how many bytes were left out.
     static func bounded(_ message: String) -> String {
-        let count = message.utf8.count
+        let utf8 = message.utf8
+        let count = utf8.count
         guard count > maxMessageBytes else { return message }
-        let note = " [message cut: \(count) bytes]"
-        var end = message.utf8.index(message.utf8.startIndex, offsetBy: maxMessageBytes - note.utf8.count)
-        while end.samePosition(in: message.unicodeScalars) == nil { end = message.utf8.index(before: end) }
-        return String(message.unicodeScalars[..<end]) + note
+        // The note's length depends on the number in it; at most 20 digits.
+        let room = maxMessageBytes - " [... 00000000000000000000 bytes cut ...] ".utf8.count
+        var headEnd = utf8.index(utf8.startIndex, offsetBy: room * 2 / 3)
+        while headEnd.samePosition(in: message.unicodeScalars) == nil { headEnd = utf8.index(before: headEnd) }
+        var tailStart = utf8.index(utf8.endIndex, offsetBy: -(room - room * 2 / 3))
+        while tailStart.samePosition(in: message.unicodeScalars) == nil { tailStart = utf8.index(after: tailStart) }
+        let cut = utf8.distance(from: headEnd, to: tailStart)
+        return String(message.unicodeScalars[..<headEnd]) + " [... \(cut) bytes cut ...] "
+            + String(message.unicodeScalars[tailStart...])
     }
 
     public var description: String { "\(code): \(message)" }

@@ -218,6 +218,7 @@ def test_a_long_bad_value_gets_invalid_argument_naming_the_field(server, stubs):
                 stub.Rebalance(bad, timeout=5)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (size, e.value.details())
             assert e.value.details().startswith("tax.trade_date 'xxx"), e.value.details()[:80]
+            assert e.value.details().endswith("' is not a date of the form YYYY-MM-DD"), e.value.details()[-80:]
             assert len(e.value.details().encode()) <= 2048
         assert len(stub.Rebalance(rebalance_request(stubs, 3), timeout=5).targets) == 3
 
