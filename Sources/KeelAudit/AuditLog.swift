@@ -254,8 +254,9 @@ final class WALStatus: Sendable {
     /// Frames in the WAL after the last commit (SQLite's WAL hook on the
     /// writer's connection), 0 right after a restart.
     let frames = Atomic<Int>(0)
-    /// Set by the writer while the WAL is past ``AuditLog/walLimit`` and not
-    /// yet restarted; the checkpointer starts no pass meanwhile.
+    /// Set by the writer while a restart of a WAL past ``AuditLog/walLimit``
+    /// is due or being tried (not while it waits after readers held one
+    /// off); the checkpointer starts no pass meanwhile.
     let overLimit = Atomic<Bool>(false)
     /// Set when the writer lifted the checkpoint thread out of SCHED_IDLE;
     /// the thread goes back once its pass is done.
@@ -655,12 +656,20 @@ private final class Writer: Sendable {
                 // coming): past the limit, restart it here, between two batches.
                 let frames = wal.frames.load(ordering: .relaxed)
                 switch WALStep(frames: frames, limit: walLimitFrames, retryAt: retryAt, now: .now) {
-                case .underLimit, .backOff:
+                case .underLimit:
                     // Under the limit (again: a restart by SQLite itself once
-                    // readers let go counts too), or waiting after readers
-                    // held the last restart off: the checkpointer carries on
-                    // (up to what readers still use), so the next try finds
-                    // little left to copy and sync while commits wait.
+                    // readers let go counts too): the checkpointer carries on,
+                    // and the next time readers hold a restart off the wait
+                    // starts from 20 ms again.
+                    wal.overLimit.store(false, ordering: .relaxed)
+                    retryAt = nil
+                    backoff = .milliseconds(20)
+                    continue
+                case .backOff:
+                    // Waiting after readers held the last restart off: the
+                    // checkpointer carries on (up to what readers still use),
+                    // so the next try finds little left to copy and sync
+                    // while commits wait.
                     wal.overLimit.store(false, ordering: .relaxed)
                     continue
                 case .restart:
