@@ -72,8 +72,8 @@ do {
     model = try Model(contentsOf: modelPath)
     scorer = SessionScorer(session: try model.makeSession(), featureNames: model.featureNames ?? [])
 } catch {
-    // Run from the repository's root, or pass --model.
-    FileHandle.standardError.write(Data("keel-engine-bench: \(error)\n".utf8))
+    FileHandle.standardError.write(Data(("keel-engine-bench: \(error) (the default model path is relative: run "
+        + "from the repository's root, or pass --model)\n").utf8))
     exit(66)
 }
 var config = EngineConfig()
