@@ -714,4 +714,3 @@ struct AuditLogTests {
         log.close()
     }
 }
-
