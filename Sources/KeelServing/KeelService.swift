@@ -777,15 +777,17 @@ public final class KeelService: RequestHandler {
             guard let harvestDay = blockedSince[id] else { continue }
             var replacement: String? = nil
             if let candidates = replacements[id] {
-                if moving == nil { moving = WeightMove(input) }
+                let move = moving ?? WeightMove(input)
+                moving = move
                 // The first candidate that is not blocked itself.
-                replacement = candidates.first { blockedSince[$0] == nil && moving!.index[$0] != nil }
+                replacement = candidates.first { blockedSince[$0] == nil && move.index[$0] != nil }
             }
             plan.blocked[id] = (harvestDay, replacement)
             input.mandate.blockedPurchases.insert(id)
             var note = "\(id) is not bought until \(iso(harvestDay + 31)) (wash-sale window after the "
                 + "harvest on \(iso(harvestDay)))"
-            if let r = replacement, moving!.move(from: id, at: i, to: r, in: &input) {
+            // A replacement implies `moving` was built above.
+            if let r = replacement, moving?.move(from: id, at: i, to: r, in: &input) == true {
                 note += "; its unheld strategic weight goes to the replacement \(r)"
             }
             plan.notes.append(note)
